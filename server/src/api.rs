@@ -1,0 +1,370 @@
+//! HTTP API v1 (DESIGN §6). Handlers check names and authorisation before anything touches
+//! storage, call [`crate::archive`], and map its errors to statuses. Errors are logged here, where
+//! they are handled, with the token name (never the secret).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use pgwal::api::{
+    ErrorBody, PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
+};
+use pgwal::name::WalFileName;
+
+use crate::archive::{Archive, ArchiveError, Stored, Upload};
+use crate::auth::{AuthError, Authorizer, Operation};
+use crate::config::{validate_cluster_name, Config};
+use crate::object_format::Decompressor;
+
+pub struct AppState {
+    pub archive: Archive,
+    pub auth: Authorizer,
+    pub config: Arc<Config>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/clusters/{cluster}/wal", get(list_wal))
+        .route(
+            "/v1/clusters/{cluster}/wal/{name}",
+            get(get_wal).put(put_wal).head(head_wal),
+        )
+        .with_state(state)
+}
+
+/// An error response: status, stable kind, message for a person.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.kind.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+            }
+            AuthError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+        }
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        let message = e.to_string();
+        match e {
+            ArchiveError::BadName(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_name", message),
+            ArchiveError::Invalid { kind, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
+            }
+            ArchiveError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ArchiveError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ArchiveError::OutOfSpace(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "out_of_space", message)
+            }
+            ArchiveError::Corrupt(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message)
+            }
+            ArchiveError::MissingObject(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "missing_object", message)
+            }
+            ArchiveError::Body(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message),
+            ArchiveError::Storage(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", message)
+            }
+            ArchiveError::Catalog(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catalog_error", message)
+            }
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    cluster: &str,
+    op: Operation,
+) -> Result<Option<String>, ApiError> {
+    validate_cluster_name(cluster).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth.check(authz, cluster, op).map_err(|e| {
+        let e = ApiError::from(e);
+        tracing::warn!(cluster, status = e.status.as_u16(), "refused: {}", e.message);
+        e
+    })
+}
+
+fn parse_name(name: &str) -> Result<WalFileName, ApiError> {
+    name.parse::<WalFileName>().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("{name:?} is not a WAL file name: {e}"),
+        )
+    })
+}
+
+/// Logs a failed request once, at the level its cause deserves.
+fn log_failure(cluster: &str, name: &str, op: &str, e: &ApiError) {
+    if e.status.is_server_error() {
+        tracing::error!(cluster, file = name, op, status = e.status.as_u16(), kind = e.kind, "{}", e.message);
+    } else if e.status != StatusCode::NOT_FOUND {
+        tracing::warn!(cluster, file = name, op, status = e.status.as_u16(), kind = e.kind, "{}", e.message);
+    }
+}
+
+async fn put_wal(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = authorize(&state, &headers, &cluster, Operation::Push)?;
+    let result = put_wal_inner(&state, &cluster, &name, &headers, body).await;
+    match &result {
+        Ok((status, r)) => tracing::info!(
+            cluster, file = %name, token = token.as_deref().unwrap_or("-"),
+            status = status.as_u16(), size = r.size, stored_size = r.stored_size, "{}", r.outcome
+        ),
+        Err(e) => log_failure(&cluster, &name, "put", e),
+    }
+    result.map(|(status, r)| (status, Json(r)).into_response())
+}
+
+async fn put_wal_inner(
+    state: &AppState,
+    cluster: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, PutResponse), ApiError> {
+    let wal_name = parse_name(name)?;
+    let zstd = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => false,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("zstd") => true,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("identity") => false,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_encoding",
+                "Content-Encoding must be zstd or absent",
+            ))
+        }
+    };
+    let claimed_sha256 = match headers.get(CONTENT_SHA256_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(v.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_checksum_header",
+                "X-Content-Sha256 must be 64 hex digits",
+            ))
+        }
+    };
+    let level = state.config.cluster(cluster).compression_level;
+    let upload = Upload {
+        body: body.into_data_stream(),
+        zstd,
+        claimed_sha256,
+    };
+    let r = state.archive.ingest(cluster, &wal_name, upload, level).await?;
+    let (status, outcome) = match r.stored {
+        Stored::Created => (StatusCode::CREATED, "stored"),
+        Stored::AlreadyStored => (StatusCode::OK, "already_stored"),
+    };
+    Ok((
+        status,
+        PutResponse {
+            name: name.to_string(),
+            outcome: outcome.into(),
+            sha256: r.sha256,
+            size: r.size,
+            stored_size: r.stored_size,
+        },
+    ))
+}
+
+fn accepts_zstd(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.split(';').next().map(str::trim) == Some("zstd"))
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+async fn get_wal(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &cluster, Operation::Fetch)?;
+    let result = get_wal_inner(&state, &cluster, &name, &headers).await;
+    if let Err(e) = &result {
+        log_failure(&cluster, &name, "get", e);
+    }
+    result
+}
+
+async fn get_wal_inner(
+    state: &AppState,
+    cluster: &str,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let wal_name = parse_name(name)?;
+    // Verified before the first byte is sent: a damaged object is never served (DESIGN §7.3).
+    let row = state.archive.verified(cluster, &wal_name).await?;
+    let stream = state
+        .archive
+        .blobs
+        .get(&row.object_key)
+        .await
+        .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))?;
+    let mut response = if accepts_zstd(headers) {
+        let mut r = Response::new(Body::from_stream(stream));
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, header_value(&row.stored_size.to_string()));
+        r
+    } else {
+        let mut dec = Decompressor::new()
+            .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))?;
+        let plain = stream.map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            let mut out = Vec::new();
+            dec.write(&chunk, |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })?;
+            Ok::<_, std::io::Error>(bytes::Bytes::from(out))
+        });
+        let mut r = Response::new(Body::from_stream(plain));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, header_value(&row.size.to_string()));
+        r
+    };
+    set_file_headers(response.headers_mut(), &row.sha256, row.size);
+    Ok(response)
+}
+
+fn set_file_headers(h: &mut HeaderMap, sha256: &str, size: u64) {
+    h.insert(CONTENT_SHA256_HEADER, header_value(sha256));
+    h.insert(CONTENT_SIZE_HEADER, header_value(&size.to_string()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+}
+
+async fn head_wal(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &cluster, Operation::Fetch)?;
+    let wal_name = parse_name(&name)?;
+    let row = state
+        .archive
+        .catalog
+        .wal(&cluster, &wal_name.to_string())
+        .await
+        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?;
+    match row {
+        Some(row) if row.state == "ok" => {
+            let mut r = StatusCode::OK.into_response();
+            set_file_headers(r.headers_mut(), &row.sha256, row.size);
+            Ok(r)
+        }
+        Some(_) => Err(ArchiveError::MissingObject(format!("{name}: object missing from storage")).into()),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
+
+async fn list_wal(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<WalListing>, ApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let catalog = &state.archive.catalog;
+    let row = catalog
+        .cluster(&cluster)
+        .await
+        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_cluster",
+                format!("cluster {cluster:?} has no WAL in this archive yet"),
+            )
+        })?;
+    let rows = catalog
+        .list_wal(&cluster)
+        .await
+        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?;
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for r in rows {
+        if r.state == "ok" {
+            files.push(WalEntry {
+                name: r.name,
+                kind: r.kind,
+                size: r.size,
+                sha256: r.sha256,
+                stored_size: r.stored_size,
+                archived_at: r.archived_at,
+            });
+        } else {
+            missing.push(r.name);
+        }
+    }
+    Ok(Json(WalListing {
+        cluster,
+        system_identifier: row.system_identifier.map(|s| s.to_string()),
+        segment_size: row.segment_size,
+        files,
+        missing,
+    }))
+}

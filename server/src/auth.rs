@@ -1,0 +1,164 @@
+//! Who may do what (DESIGN §7.7). Tokens are configured as SHA-256 hashes of their secrets; a
+//! request presents the secret as `Authorization: Bearer SECRET`, which is hashed and looked up.
+//! With no tokens configured every request is allowed, which the configuration only permits on a
+//! loopback listener (see [`crate::config`]). Secrets are never logged: only token names are.
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Role, TokenConfig};
+
+/// The kinds of operation a role can be granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Store WAL.
+    Push,
+    /// Read WAL files back (restore_command).
+    Fetch,
+    /// Listings and status.
+    Read,
+    /// Everything else (backups, deletion, retention).
+    Admin,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Push => "push",
+            Operation::Fetch => "fetch",
+            Operation::Read => "read",
+            Operation::Admin => "admin",
+        }
+    }
+}
+
+fn role_allows(role: Role, op: Operation) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Archiver => matches!(op, Operation::Push | Operation::Fetch),
+        Role::Reader => matches!(op, Operation::Fetch | Operation::Read),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// 401
+    Unauthenticated(String),
+    /// 403
+    Forbidden(String),
+}
+
+pub struct Authorizer {
+    tokens: Vec<(String, [u8; 32], Role, Option<Vec<String>>)>,
+}
+
+impl Authorizer {
+    pub fn new(tokens: &[TokenConfig]) -> Authorizer {
+        Authorizer {
+            tokens: tokens
+                .iter()
+                .filter_map(|t| {
+                    let hash: [u8; 32] = hex::decode(&t.secret_sha256).ok()?.try_into().ok()?;
+                    Some((t.name.clone(), hash, t.role, t.clusters.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Checks an `Authorization` header value for `op` on `cluster`. Returns the token's name
+    /// (for logs) or `None` in open mode.
+    pub fn check(
+        &self,
+        authorization: Option<&str>,
+        cluster: &str,
+        op: Operation,
+    ) -> Result<Option<String>, AuthError> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let secret = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                AuthError::Unauthenticated(
+                    "this server requires a token: pass --token, set WAL_ARCHIVE_TOKEN, or put \
+                     token = \"...\" in the client config file"
+                        .into(),
+                )
+            })?;
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let (name, _, role, clusters) = self
+            .tokens
+            .iter()
+            .find(|t| constant_time_eq(&t.1, &hash))
+            .ok_or_else(|| {
+                AuthError::Unauthenticated(
+                    "the token is not known to this server: check the secret, and that its \
+                     sha256 is listed in the server's [[tokens]]"
+                        .into(),
+                )
+            })?;
+        if let Some(list) = clusters {
+            if !list.iter().any(|c| c == cluster) {
+                return Err(AuthError::Forbidden(format!(
+                    "token {name:?} is not allowed on cluster {cluster:?}"
+                )));
+            }
+        }
+        if !role_allows(*role, op) {
+            return Err(AuthError::Forbidden(format!(
+                "token {name:?} has role {role:?}, which may not {} ",
+                op.as_str()
+            )));
+        }
+        Ok(Some(name.clone()))
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str, secret: &str, role: Role, clusters: Option<Vec<&str>>) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+            role,
+            clusters: clusters.map(|v| v.into_iter().map(String::from).collect()),
+        }
+    }
+
+    #[test]
+    fn roles_and_clusters() {
+        let a = Authorizer::new(&[
+            token("arch", "s1", Role::Archiver, Some(vec!["main"])),
+            token("read", "s2", Role::Reader, None),
+            token("adm", "s3", Role::Admin, None),
+        ]);
+        assert!(matches!(a.check(None, "main", Operation::Push), Err(AuthError::Unauthenticated(_))));
+        assert!(matches!(
+            a.check(Some("Bearer nope"), "main", Operation::Push),
+            Err(AuthError::Unauthenticated(_))
+        ));
+        assert_eq!(a.check(Some("Bearer s1"), "main", Operation::Push), Ok(Some("arch".into())));
+        assert!(matches!(a.check(Some("Bearer s1"), "other", Operation::Push), Err(AuthError::Forbidden(_))));
+        assert!(matches!(a.check(Some("Bearer s1"), "main", Operation::Read), Err(AuthError::Forbidden(_))));
+        assert!(matches!(a.check(Some("Bearer s2"), "main", Operation::Push), Err(AuthError::Forbidden(_))));
+        assert!(a.check(Some("Bearer s2"), "any", Operation::Fetch).is_ok());
+        assert!(a.check(Some("Bearer s3"), "any", Operation::Admin).is_ok());
+    }
+
+    #[test]
+    fn open_mode() {
+        let a = Authorizer::new(&[]);
+        assert_eq!(a.check(None, "main", Operation::Admin), Ok(None));
+    }
+}

@@ -1,0 +1,336 @@
+//! The SQLite catalog (schema in `migrations/`): an index over storage of clusters and WAL files.
+//!
+//! One connection behind a mutex; every call runs on the blocking pool so the async workers never
+//! wait on SQLite. The catalog is rebuildable from storage (see [`crate::reconcile`]), which is
+//! why rows are written only after their object is durable.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("catalog migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("catalog task failed: {0}")]
+    Task(String),
+    #[error("catalog holds an invalid value: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRow {
+    pub name: String,
+    pub system_identifier: Option<u64>,
+    pub segment_size: Option<u64>,
+    pub pg_major: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalRow {
+    pub cluster: String,
+    pub name: String,
+    pub kind: String,
+    pub timeline: u32,
+    pub size: u64,
+    pub sha256: String,
+    pub stored_size: u64,
+    pub object_key: String,
+    pub archived_at: String,
+    pub state: String,
+}
+
+/// Result of binding a cluster to a system identifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The cluster is (now) bound to this system and segment size.
+    Ok,
+    /// The cluster belongs to another system or segment size.
+    Mismatch {
+        system_identifier: u64,
+        segment_size: u64,
+    },
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("../../migrations/0001_initial.sql"))])
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, CatalogError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| CatalogError::Task("catalog lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))?
+    }
+
+    pub async fn ensure_cluster(&self, name: &str) -> Result<ClusterRow, CatalogError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO clusters (name, created_at) VALUES (?1, ?2)",
+                params![name, now_rfc3339()],
+            )?;
+            get_cluster(c, &name)?.ok_or_else(|| CatalogError::Corrupt("cluster vanished".into()))
+        })
+        .await
+    }
+
+    pub async fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, CatalogError> {
+        let name = name.to_string();
+        self.call(move |c| get_cluster(c, &name)).await
+    }
+
+    /// Binds `cluster` to a system identifier and segment size on first arrival; afterwards
+    /// reports whether they match.
+    pub async fn bind_cluster(
+        &self,
+        cluster: &str,
+        system_identifier: u64,
+        segment_size: u64,
+        pg_major: u32,
+    ) -> Result<Binding, CatalogError> {
+        let cluster = cluster.to_string();
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO clusters (name, created_at) VALUES (?1, ?2)",
+                params![cluster, now_rfc3339()],
+            )?;
+            c.execute(
+                "UPDATE clusters SET system_identifier = ?2, segment_size = ?3, pg_major = ?4
+                 WHERE name = ?1 AND system_identifier IS NULL",
+                params![cluster, system_identifier.to_string(), segment_size, pg_major],
+            )?;
+            let row = get_cluster(c, &cluster)?
+                .ok_or_else(|| CatalogError::Corrupt("cluster vanished".into()))?;
+            match (row.system_identifier, row.segment_size) {
+                (Some(s), Some(z)) if s == system_identifier && z == segment_size => {
+                    Ok(Binding::Ok)
+                }
+                (Some(s), Some(z)) => Ok(Binding::Mismatch {
+                    system_identifier: s,
+                    segment_size: z,
+                }),
+                _ => Err(CatalogError::Corrupt(format!(
+                    "cluster {cluster} has a partial binding"
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// Inserts a row for a durable object. Returns false if a row of that name already existed
+    /// (then nothing is changed).
+    pub async fn insert_wal(&self, row: WalRow) -> Result<bool, CatalogError> {
+        self.call(move |c| insert_wal(c, &row)).await
+    }
+
+    pub async fn wal(&self, cluster: &str, name: &str) -> Result<Option<WalRow>, CatalogError> {
+        let (cluster, name) = (cluster.to_string(), name.to_string());
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("{WAL_SELECT} WHERE cluster = ?1 AND name = ?2"),
+                params![cluster, name],
+                wal_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn list_wal(&self, cluster: &str) -> Result<Vec<WalRow>, CatalogError> {
+        let cluster = cluster.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!("{WAL_SELECT} WHERE cluster = ?1 ORDER BY name"))?;
+            let rows = stmt.query_map(params![cluster], wal_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn all_wal(&self) -> Result<Vec<WalRow>, CatalogError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(WAL_SELECT)?;
+            let rows = stmt.query_map([], wal_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn set_wal_state(
+        &self,
+        cluster: &str,
+        name: &str,
+        state: &'static str,
+    ) -> Result<(), CatalogError> {
+        let (cluster, name) = (cluster.to_string(), name.to_string());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE wal_files SET state = ?3 WHERE cluster = ?1 AND name = ?2",
+                params![cluster, name, state],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+const WAL_SELECT: &str = "SELECT cluster, name, kind, timeline, size, sha256, stored_size, \
+                          object_key, archived_at, state FROM wal_files";
+
+fn wal_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WalRow> {
+    Ok(WalRow {
+        cluster: r.get(0)?,
+        name: r.get(1)?,
+        kind: r.get(2)?,
+        timeline: r.get(3)?,
+        size: r.get(4)?,
+        sha256: r.get(5)?,
+        stored_size: r.get(6)?,
+        object_key: r.get(7)?,
+        archived_at: r.get(8)?,
+        state: r.get(9)?,
+    })
+}
+
+fn insert_wal(c: &Connection, row: &WalRow) -> Result<bool, CatalogError> {
+    c.execute(
+        "INSERT OR IGNORE INTO clusters (name, created_at) VALUES (?1, ?2)",
+        params![row.cluster, now_rfc3339()],
+    )?;
+    let n = c.execute(
+        "INSERT OR IGNORE INTO wal_files
+         (cluster, name, kind, timeline, size, sha256, stored_size, object_key, archived_at, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            row.cluster,
+            row.name,
+            row.kind,
+            row.timeline,
+            row.size,
+            row.sha256,
+            row.stored_size,
+            row.object_key,
+            row.archived_at,
+            row.state
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+fn get_cluster(c: &Connection, name: &str) -> Result<Option<ClusterRow>, CatalogError> {
+    let row = c
+        .query_row(
+            "SELECT name, system_identifier, segment_size, pg_major FROM clusters WHERE name = ?1",
+            params![name],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<u64>>(2)?,
+                    r.get::<_, Option<u32>>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((name, sysid, segment_size, pg_major)) = row else {
+        return Ok(None);
+    };
+    let system_identifier = match sysid {
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| CatalogError::Corrupt(format!("system identifier {s:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(Some(ClusterRow {
+        name,
+        system_identifier,
+        segment_size,
+        pg_major,
+    }))
+}
+
+/// Current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str) -> WalRow {
+        WalRow {
+            cluster: "main".into(),
+            name: name.into(),
+            kind: "segment".into(),
+            timeline: 1,
+            size: 16,
+            sha256: "00".repeat(32),
+            stored_size: 8,
+            object_key: format!("wal/main/{name}.zst"),
+            archived_at: now_rfc3339(),
+            state: "ok".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn binds_once_and_inserts_idempotently() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        assert_eq!(cat.bind_cluster("main", 7, 1 << 24, 15).await.expect("bind"), Binding::Ok);
+        assert_eq!(cat.bind_cluster("main", 7, 1 << 24, 15).await.expect("bind"), Binding::Ok);
+        assert_eq!(
+            cat.bind_cluster("main", 8, 1 << 24, 15).await.expect("bind"),
+            Binding::Mismatch {
+                system_identifier: 7,
+                segment_size: 1 << 24
+            }
+        );
+        // u64 beyond i64 survives.
+        assert_eq!(cat.bind_cluster("big", u64::MAX, 1 << 20, 15).await.expect("bind"), Binding::Ok);
+        assert_eq!(
+            cat.cluster("big").await.expect("get").and_then(|c| c.system_identifier),
+            Some(u64::MAX)
+        );
+        assert!(cat.insert_wal(row("000000010000000000000001")).await.expect("insert"));
+        assert!(!cat.insert_wal(row("000000010000000000000001")).await.expect("insert"));
+        assert_eq!(cat.list_wal("main").await.expect("list").len(), 1);
+        // Reopening applies no migration twice.
+        drop(cat);
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("reopen");
+        assert_eq!(cat.list_wal("main").await.expect("list").len(), 1);
+    }
+}

@@ -1,0 +1,344 @@
+//! Server configuration (DESIGN §5): the TOML file, then environment and flags, merged here into
+//! one validated [`Config`]. Every key has a default so the server runs with no file at all.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/wal-archive";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The file as written by the operator; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    tls: Option<TlsConfig>,
+    storage: Option<StorageConfig>,
+    #[serde(default)]
+    tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    clusters: BTreeMap<String, ClusterConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_storage_kind")]
+    pub kind: String,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+}
+
+fn default_storage_kind() -> String {
+    "local".into()
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// push + fetch
+    Archiver,
+    /// fetch + read
+    Reader,
+    /// everything
+    Admin,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// Hex SHA-256 of the secret; the secret itself is never stored.
+    pub secret_sha256: String,
+    pub role: Role,
+    /// `None`: all clusters.
+    pub clusters: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub conninfo: Option<String>,
+    #[serde(default)]
+    pub streaming: bool,
+    pub slot: Option<String>,
+    pub backup_schedule: Option<String>,
+    pub retention: Option<String>,
+    #[serde(default = "default_minimum_redundancy")]
+    pub minimum_redundancy: u32,
+    #[serde(default = "default_compression_level")]
+    pub compression_level: i32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            conninfo: None,
+            streaming: false,
+            slot: None,
+            backup_schedule: None,
+            retention: None,
+            minimum_redundancy: default_minimum_redundancy(),
+            compression_level: default_compression_level(),
+        }
+    }
+}
+
+fn default_minimum_redundancy() -> u32 {
+    1
+}
+fn default_compression_level() -> i32 {
+    3
+}
+
+/// Values given on the command line or in the environment; they override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: Option<TlsConfig>,
+    pub storage: StorageConfig,
+    pub tokens: Vec<TokenConfig>,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+impl Config {
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &overrides.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(file, overrides)
+    }
+
+    /// Parses configuration text (used by tests and by [`Config::load`]).
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.to_string(),
+        })?;
+        Config::merge(file, overrides)
+    }
+
+    fn merge(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
+        let listen_text = o
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "listen = {listen_text:?} is not an address:port such as {DEFAULT_LISTEN}"
+            ))
+        })?;
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let storage = file.storage.unwrap_or(StorageConfig {
+            kind: default_storage_kind(),
+            bucket: None,
+            endpoint: None,
+            region: None,
+            prefix: None,
+        });
+        if storage.kind != "local" {
+            return Err(ConfigError::Invalid(format!(
+                "storage.kind = {:?}: this version stores on the local file system only; \
+                 remove the [storage] section or set kind = \"local\"",
+                storage.kind
+            )));
+        }
+        for t in &file.tokens {
+            if t.secret_sha256.len() != 64 || hex::decode(&t.secret_sha256).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "token {:?}: secret_sha256 must be 64 hex digits (sha256sum of the secret)",
+                    t.name
+                )));
+            }
+            for c in t.clusters.iter().flatten() {
+                validate_cluster_name(c).map_err(ConfigError::Invalid)?;
+            }
+        }
+        for (name, c) in &file.clusters {
+            validate_cluster_name(name).map_err(ConfigError::Invalid)?;
+            if !(1..=22).contains(&c.compression_level) {
+                return Err(ConfigError::Invalid(format!(
+                    "clusters.{name}.compression_level = {} is outside zstd's 1..=22",
+                    c.compression_level
+                )));
+            }
+        }
+        if file.tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {listen} is not a loopback address and no [[tokens]] are configured: \
+                 the archive would be open to the network. Add tokens or listen on 127.0.0.1"
+            )));
+        }
+        if let Some(tls) = &file.tls {
+            for p in [&tls.cert, &tls.key] {
+                if !p.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "tls: file {} does not exist",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            tls: file.tls,
+            storage,
+            tokens: file.tokens,
+            clusters: file.clusters,
+        })
+    }
+
+    /// Settings for `cluster`: its own section, else the defaults.
+    pub fn cluster(&self, cluster: &str) -> ClusterConfig {
+        self.clusters.get(cluster).cloned().unwrap_or_default()
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.data_dir.join("catalog.sqlite3")
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Cluster names appear in URLs and storage keys: 1–64 of `[A-Za-z0-9_-]`, starting alphanumeric.
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "cluster name {name:?} is invalid: use 1 to 64 letters, digits, '_' or '-', starting with a letter or digit"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_with_no_file() {
+        let c = Config::load(&Overrides::default()).expect("defaults");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(c.tokens.is_empty());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml("listen = \"127.0.0.1:1234\"\ndata_dir = \"/x\"", &o)
+            .expect("valid");
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn full_design_example_parses() {
+        let text = r#"
+listen   = "127.0.0.1:8420"
+data_dir = "/var/lib/wal-archive"
+[[tokens]]
+name = "db1-archiver"
+secret_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+role = "archiver"
+clusters = ["main"]
+[clusters.main]
+conninfo = "host=db1 port=5432 user=wal_archive dbname=postgres"
+streaming = true
+slot = "wal_archive"
+backup_schedule = "0 3 * * *"
+retention = "recovery window of 7 days"
+minimum_redundancy = 1
+compression_level = 3
+"#;
+        let c = Config::from_toml(text, &Overrides::default()).expect("valid");
+        assert_eq!(c.tokens[0].role, Role::Archiver);
+        assert!(c.cluster("main").streaming);
+        assert_eq!(c.cluster("other").compression_level, 3);
+    }
+
+    #[test]
+    fn refuses_open_network_listener_without_tokens() {
+        let err = Config::from_toml("listen = \"0.0.0.0:8420\"", &Overrides::default())
+            .expect_err("must refuse");
+        assert!(err.to_string().contains("no [[tokens]]"));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_tokens() {
+        assert!(Config::from_toml("lisen = \"x\"", &Overrides::default()).is_err());
+        let bad = "[[tokens]]\nname=\"a\"\nsecret_sha256=\"abc\"\nrole=\"admin\"";
+        assert!(Config::from_toml(bad, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert!(validate_cluster_name("main").is_ok());
+        assert!(validate_cluster_name("db-1_x").is_ok());
+        for bad in ["", "-x", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_cluster_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The format of a stored object: one or more zstd frames holding the file's bytes, followed by a
+//! fixed 64-byte zstd *skippable frame* (RFC 8878 §3.1.2) carrying the SHA-256 and size of the
+//! uncompressed content.
+//!
+//! Why a trailer inside the zstd stream: any zstd decoder (including the `zstd` command) skips it,
+//! so an object is still a plain `.zst` file for a DBA with nothing but standard tools; and the
+//! checksum travels with the object, so the catalog can be rebuilt from storage alone (DESIGN §1).
+//! It is a trailer rather than a header because the checksum is only known once the whole body has
+//! streamed through.
+
+use sha2::{Digest, Sha256};
+
+/// Total size of the trailer frame.
+pub const TRAILER_LEN: usize = 64;
+/// Skippable frame magic 0x184D2A5E (any of 0x184D2A50..=0x184D2A5F is skippable).
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+const TRAILER_PAYLOAD_LEN: u32 = 56;
+const TRAILER_TAG: &[u8; 8] = b"WALARCv1";
+
+/// Checksum and size of an object's uncompressed content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl Trailer {
+    pub fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0u8; TRAILER_LEN];
+        out[0..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&TRAILER_PAYLOAD_LEN.to_le_bytes());
+        out[8..16].copy_from_slice(TRAILER_TAG);
+        out[16..48].copy_from_slice(&self.sha256);
+        out[48..56].copy_from_slice(&self.size.to_le_bytes());
+        // 56..64: reserved flags, zero.
+        out
+    }
+
+    /// Parses the last [`TRAILER_LEN`] bytes of an object.
+    pub fn decode(buf: &[u8]) -> Option<Trailer> {
+        if buf.len() != TRAILER_LEN
+            || buf[0..4] != SKIPPABLE_MAGIC.to_le_bytes()
+            || buf[4..8] != TRAILER_PAYLOAD_LEN.to_le_bytes()
+            || &buf[8..16] != TRAILER_TAG
+        {
+            return None;
+        }
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&buf[16..48]);
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&buf[48..56]);
+        Some(Trailer {
+            sha256,
+            size: u64::from_le_bytes(size),
+        })
+    }
+
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
+/// Incremental zstd compression over chunks, appending compressed bytes to a caller's buffer.
+pub struct Compressor {
+    encoder: zstd::stream::raw::Encoder<'static>,
+}
+
+impl Compressor {
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        let mut encoder = zstd::stream::raw::Encoder::new(level)?;
+        // The frame checksum lets any zstd tool detect corruption of a stored object on its own.
+        use zstd::stream::raw::CParameter;
+        encoder.set_parameter(CParameter::ChecksumFlag(true))?;
+        Ok(Compressor { encoder })
+    }
+
+    pub fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut scratch = vec![0u8; zstd::zstd_safe::CCtx::out_size().max(64 * 1024)];
+        while !input.is_empty() {
+            let mut inb = InBuffer::around(input);
+            let mut outb = OutBuffer::around(&mut scratch[..]);
+            self.encoder.run(&mut inb, &mut outb)?;
+            let (consumed, produced) = (inb.pos(), outb.pos());
+            out.extend_from_slice(&scratch[..produced]);
+            input = &input[consumed..];
+        }
+        Ok(())
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        use zstd::stream::raw::{Operation, OutBuffer};
+        let mut scratch = vec![0u8; 64 * 1024];
+        loop {
+            let mut outb = OutBuffer::around(&mut scratch[..]);
+            let remaining = self.encoder.finish(&mut outb, true)?;
+            let produced = outb.pos();
+            out.extend_from_slice(&scratch[..produced]);
+            if remaining == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Incremental zstd decompression over chunks; skippable frames (our trailer) produce no output.
+pub struct Decompressor {
+    decoder: zstd::stream::raw::Decoder<'static>,
+    scratch: Vec<u8>,
+}
+
+impl Decompressor {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Decompressor {
+            decoder: zstd::stream::raw::Decoder::new()?,
+            scratch: vec![0u8; 128 * 1024],
+        })
+    }
+
+    /// Feeds compressed `input`; calls `sink` with each piece of decompressed output.
+    pub fn write(
+        &mut self,
+        mut input: &[u8],
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        loop {
+            let mut inb = InBuffer::around(input);
+            let mut outb = OutBuffer::around(&mut self.scratch[..]);
+            self.decoder.run(&mut inb, &mut outb)?;
+            let (consumed, produced) = (inb.pos(), outb.pos());
+            if produced > 0 {
+                sink(&self.scratch[..produced])?;
+            }
+            input = &input[consumed..];
+            // Done when all input is consumed and the decoder had no more output to give.
+            if input.is_empty() && produced < self.scratch.len() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// SHA-256 in hex of a byte slice.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_trailer_is_plain_zstd() {
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut c = Compressor::new(3).expect("encoder");
+        let mut out = Vec::new();
+        for chunk in data.chunks(7777) {
+            c.write(chunk, &mut out).expect("compress");
+        }
+        c.finish(&mut out).expect("finish");
+        let trailer = Trailer {
+            sha256: Sha256::digest(&data).into(),
+            size: data.len() as u64,
+        };
+        out.extend_from_slice(&trailer.encode());
+        // A standard decoder ignores the trailer.
+        let plain = zstd::decode_all(&out[..]).expect("standard zstd decodes");
+        assert_eq!(plain, data);
+        // Our incremental decoder too, with any chunking.
+        let mut d = Decompressor::new().expect("decoder");
+        let mut got = Vec::new();
+        for chunk in out.chunks(1000) {
+            d.write(chunk, |b| {
+                got.extend_from_slice(b);
+                Ok(())
+            })
+            .expect("decompress");
+        }
+        assert_eq!(got, data);
+        assert_eq!(Trailer::decode(&out[out.len() - TRAILER_LEN..]), Some(trailer));
+    }
+
+    #[test]
+    fn trailer_rejects_garbage() {
+        assert_eq!(Trailer::decode(&[0u8; TRAILER_LEN]), None);
+        assert_eq!(Trailer::decode(&[0u8; 10]), None);
+    }
+}

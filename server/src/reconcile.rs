@@ -1,0 +1,206 @@
+//! Start-up reconciliation of storage with the catalog (DESIGN §7.5).
+//!
+//! Storage is the truth and the catalog its index. After a crash the two can disagree in three
+//! ways, each handled here before the server accepts requests:
+//! - debris of interrupted uploads (staging objects, `NAME#N` temp files): removed;
+//! - objects without a catalog row (the server died between the durable publish and the
+//!   catalog insert): re-verified (trailer, checksum, WAL validation) and indexed, or moved to
+//!   `quarantine/` if they fail;
+//! - rows without an object (someone deleted files): marked `missing` and reported; they are not
+//!   served, and `wal` lists them.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use pgwal::name::WalFileName;
+use pgwal::page::{Expectations, SegmentValidator};
+use pgwal::segment::SegmentSize;
+use sha2::{Digest, Sha256};
+
+use crate::archive::{kind_str, parse_object_key, Archive, ArchiveError};
+use crate::catalog::{now_rfc3339, Binding, WalRow};
+use crate::object_format::{Decompressor, Trailer, TRAILER_LEN};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub swept: u64,
+    pub indexed: u64,
+    pub quarantined: Vec<String>,
+    pub missing: Vec<String>,
+    pub recovered: u64,
+}
+
+pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveError> {
+    let mut report = ReconcileReport {
+        swept: archive
+            .blobs
+            .sweep_incomplete()
+            .await
+            .map_err(|e| ArchiveError::Storage(e.to_string()))?,
+        ..Default::default()
+    };
+    let objects = archive
+        .blobs
+        .list("wal")
+        .await
+        .map_err(|e| ArchiveError::Storage(e.to_string()))?;
+    let rows = archive.catalog.all_wal().await?;
+    let by_key: HashMap<&str, &WalRow> = rows.iter().map(|r| (r.object_key.as_str(), r)).collect();
+    let present: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+
+    for obj in &objects {
+        if let Some(row) = by_key.get(obj.key.as_str()) {
+            if row.state != "ok" {
+                archive.catalog.set_wal_state(&row.cluster, &row.name, "ok").await?;
+                report.recovered += 1;
+            }
+            continue;
+        }
+        match index_object(archive, &obj.key, obj.size).await {
+            Ok(()) => {
+                tracing::info!(key = %obj.key, "reconcile: indexed an object the catalog did not list");
+                report.indexed += 1;
+            }
+            Err(why) => {
+                tracing::error!(key = %obj.key, "reconcile: quarantining object: {why}");
+                quarantine(archive, &obj.key).await?;
+                report.quarantined.push(obj.key.clone());
+            }
+        }
+    }
+    for row in &rows {
+        if row.state == "ok" && !present.contains(row.object_key.as_str()) {
+            tracing::error!(
+                cluster = %row.cluster, file = %row.name, key = %row.object_key,
+                "reconcile: the catalog lists this file but storage has no object for it; it will not be served"
+            );
+            archive.catalog.set_wal_state(&row.cluster, &row.name, "missing").await?;
+            report.missing.push(format!("{}/{}", row.cluster, row.name));
+        }
+    }
+    tracing::info!(
+        swept = report.swept,
+        indexed = report.indexed,
+        quarantined = report.quarantined.len(),
+        missing = report.missing.len(),
+        recovered = report.recovered,
+        "storage reconciled with the catalog"
+    );
+    Ok(report)
+}
+
+/// Verifies an uncatalogued object fully and adds its row. Errors say why it is not acceptable.
+async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), String> {
+    let (cluster, name) = parse_object_key(key).ok_or("not a WAL object key")?;
+    if size < TRAILER_LEN as u64 {
+        return Err(format!("{size} bytes is too short"));
+    }
+    let tail = archive
+        .blobs
+        .get_range(key, size - TRAILER_LEN as u64..size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let trailer = Trailer::decode(&tail).ok_or("no valid trailer")?;
+
+    let cluster_row = archive.catalog.cluster(&cluster).await.map_err(|e| e.to_string())?;
+    let mut validator = match &name {
+        WalFileName::Segment { .. } | WalFileName::Partial { .. } => {
+            let expect = Expectations {
+                system_identifier: cluster_row.as_ref().and_then(|c| c.system_identifier),
+                segment_size: cluster_row
+                    .as_ref()
+                    .and_then(|c| c.segment_size)
+                    .and_then(|z| SegmentSize::new(z).ok()),
+            };
+            Some(SegmentValidator::new(&name, expect).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let mut small = Vec::new();
+    let mut stream = archive.blobs.get(key).await.map_err(|e| e.to_string())?;
+    let mut dec = Decompressor::new().map_err(|e| e.to_string())?;
+    let mut hasher = Sha256::new();
+    let mut plain_size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        dec.write(&chunk, |plain| {
+            plain_size += plain.len() as u64;
+            hasher.update(plain);
+            if let Some(v) = validator.as_mut() {
+                v.update(plain).map_err(|e| std::io::Error::other(e.to_string()))?;
+            } else if small.len() < 1 << 20 {
+                small.extend_from_slice(plain);
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("content: {e}"))?;
+    }
+    let sha = hex::encode(hasher.finalize());
+    if sha != trailer.sha256_hex() || plain_size != trailer.size {
+        return Err(format!(
+            "checksum mismatch: trailer says {} ({} bytes), content is {sha} ({plain_size} bytes)",
+            trailer.sha256_hex(),
+            trailer.size
+        ));
+    }
+    match validator {
+        Some(v) => {
+            let info = v.finish().map_err(|e| e.to_string())?;
+            let binding = archive
+                .catalog
+                .bind_cluster(&cluster, info.system_identifier, info.segment_size.bytes(), info.pg_major)
+                .await
+                .map_err(|e| e.to_string())?;
+            if binding != Binding::Ok {
+                return Err(format!("belongs to another system: {binding:?}"));
+            }
+        }
+        None => {
+            if let WalFileName::History { tli } = name {
+                pgwal::history::parse_history_bytes(tli, &small).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    archive
+        .catalog
+        .insert_wal(WalRow {
+            cluster,
+            name: name.to_string(),
+            kind: kind_str(&name).to_string(),
+            timeline: name.timeline(),
+            size: plain_size,
+            sha256: sha,
+            stored_size: size,
+            object_key: key.to_string(),
+            archived_at: now_rfc3339(),
+            state: "ok".into(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Moves an object out of the archive's namespace to `quarantine/<key>` for a person to inspect.
+async fn quarantine(archive: &Archive, key: &str) -> Result<(), ArchiveError> {
+    let storage = |e: crate::storage::StorageError| ArchiveError::Storage(e.to_string());
+    let dest = format!("quarantine/{key}");
+    let mut stream = archive.blobs.get(key).await.map_err(storage)?;
+    let mut up = archive.blobs.begin_put(&dest).await.map_err(storage)?;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if let Err(e) = up.write(&c).await {
+                    up.abort().await;
+                    return Err(storage(e));
+                }
+            }
+            Err(e) => {
+                up.abort().await;
+                return Err(storage(e));
+            }
+        }
+    }
+    // An earlier quarantine of the same key may exist: either way the copy is safe to drop.
+    up.commit().await.map_err(storage)?;
+    archive.blobs.delete(key).await.map_err(storage)
+}

@@ -1,0 +1,170 @@
+//! HTTP to the server: one ureq agent with a timeout on every phase (DESIGN §7.6), and the retry
+//! policy. Responses are classified, never unwrapped; the token is sent as a header and never
+//! printed.
+
+use std::time::{Duration, Instant};
+
+use pgwal::api::ErrorBody;
+use ureq::http::Response;
+use ureq::Body;
+
+use crate::settings::Settings;
+
+/// How one attempt ended, from the caller's point of view.
+#[derive(Debug)]
+pub enum Failure {
+    /// The server could not be reached or did not answer in time: retrying may help.
+    Unreachable(String),
+    /// The server answered with an error status.
+    Status {
+        status: u16,
+        kind: String,
+        message: String,
+    },
+    /// Anything else, not worth retrying (a local file problem, a damaged response).
+    Fatal(String),
+}
+
+impl Failure {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Unreachable(_) => true,
+            // 502/503/504: a proxy or the server is temporarily unable; 500 covers corruption
+            // and is not retried.
+            Failure::Status { status, .. } => matches!(status, 502..=504),
+            Failure::Fatal(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unreachable(m) => write!(f, "server unreachable: {m}"),
+            Failure::Status {
+                status,
+                kind,
+                message,
+            } => write!(f, "server refused ({status} {kind}): {message}"),
+            Failure::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+pub struct Client {
+    pub settings: Settings,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(settings: Settings) -> Client {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_send_request(Some(Duration::from_secs(30)))
+            // An idle connection is abandoned; a slow but moving transfer is not.
+            .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_per_write(Some(Duration::from_secs(120)))
+            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .user_agent(concat!("wal-archive/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Client {
+            settings,
+            agent: config.into(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.settings.url, path)
+    }
+
+    fn authorize<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.settings.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    pub fn get(&self, path: &str, accept_zstd: bool) -> Result<Response<Body>, Failure> {
+        let mut req = self.authorize(self.agent.get(self.url(path)));
+        if accept_zstd {
+            req = req.header("Accept-Encoding", "zstd");
+        }
+        req.call().map_err(transport_failure)
+    }
+
+    pub fn put_file(
+        &self,
+        path: &str,
+        file: &std::fs::File,
+        sha256: &str,
+    ) -> Result<Response<Body>, Failure> {
+        self.authorize(self.agent.put(self.url(path)))
+            .header(pgwal::api::CONTENT_SHA256_HEADER, sha256)
+            .header("Content-Type", "application/octet-stream")
+            .send(file)
+            .map_err(transport_failure)
+    }
+}
+
+fn transport_failure(e: ureq::Error) -> Failure {
+    match e {
+        ureq::Error::Io(io) => Failure::Unreachable(io.to_string()),
+        ureq::Error::Timeout(t) => Failure::Unreachable(format!("timed out ({t})")),
+        ureq::Error::HostNotFound => Failure::Unreachable("host not found".into()),
+        ureq::Error::ConnectionFailed => Failure::Unreachable("connection failed".into()),
+        other => Failure::Unreachable(other.to_string()),
+    }
+}
+
+/// Turns a non-success response into a [`Failure`], reading the server's JSON error body.
+pub fn status_failure(mut resp: Response<Body>) -> Failure {
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => Failure::Status {
+            status,
+            kind: b.error,
+            message: b.message,
+        },
+        Err(_) => Failure::Status {
+            status,
+            kind: "http".into(),
+            message: if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                text.chars().take(500).collect()
+            },
+        },
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `window` has passed, backing off
+/// exponentially (0.1 s doubling to 5 s) between tries.
+pub fn with_retries<T>(
+    window: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(f) if f.is_retryable() && start.elapsed() + delay < window => {
+                eprintln!(
+                    "wal-archive: {what}: {f}; retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(f) => return Err(f),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The helper's only durable write: a restored WAL file. PostgreSQL must never see a partial
+//! file at the path it asked for, and a file it was told exists must survive a crash.
+//!
+//! 1. write to a temp file in the destination's own directory (same file system, so the rename
+//!    below is atomic);
+//! 2. `sync_all` the temp file, so the data is on disk before any name points at it;
+//! 3. `rename` over the destination (atomic replace: PostgreSQL sees the old state or the whole
+//!    new file);
+//! 4. fsync the directory so the rename itself survives a crash.
+//!
+//! On any error the temp file is removed; nothing is left at the destination.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Creates `DEST.wal-archive.PID.tmp` beside `dest`.
+    pub fn beside(dest: &Path) -> io::Result<TempFile> {
+        let file_name = dest
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} has no file name", dest.display())))?;
+        let mut tmp_name = file_name.to_os_string();
+        tmp_name.push(format!(".wal-archive.{}.tmp", std::process::id()));
+        let path = dest.with_file_name(tmp_name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        Ok(TempFile {
+            path,
+            file: Some(file),
+        })
+    }
+
+    pub fn writer(&mut self) -> io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("temp file already closed"))
+    }
+
+    /// Steps 2–4: fsync, rename over `dest`, fsync the directory.
+    pub fn persist(mut self, dest: &Path) -> io::Result<()> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("temp file already closed"))?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.path, dest)?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        File::open(&dir)?.sync_all()?;
+        // Renamed: nothing to clean up any more.
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer()?.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer()?.flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persists_or_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("RECOVERYXLOG");
+        let mut t = TempFile::beside(&dest).expect("create");
+        t.write_all(b"hello").expect("write");
+        t.persist(&dest).expect("persist");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"hello");
+
+        let other = dir.path().join("OTHER");
+        let mut t = TempFile::beside(&other).expect("create");
+        t.write_all(b"partial").expect("write");
+        drop(t);
+        assert!(!other.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+}

@@ -1,0 +1,121 @@
+//! `wal-archive fetch`: PostgreSQL's restore_command (DESIGN §4).
+//!
+//! - 0: the complete file is at DEST (verified against its SHA-256, written durably);
+//! - 1: the archive does not have it — PostgreSQL asks for names that do not exist and needs a
+//!   fast "no";
+//! - server unreachable after the retry window, or a copy that fails verification: 1 in standby
+//!   mode (the standby keeps retrying and may stream from its primary meanwhile), 255 in archive
+//!   recovery, so PostgreSQL stops instead of ending recovery early at the wrong point.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER};
+use pgwal::name::WalFileName;
+use sha2::{Digest, Sha256};
+
+use crate::client::{status_failure, with_retries, Client, Failure};
+use crate::durable::TempFile;
+
+/// Exit status that makes PostgreSQL abort recovery (anything above 125 does).
+pub const EXIT_ABORT_RECOVERY: u8 = 255;
+
+pub enum Outcome {
+    Restored { size: u64 },
+    NotFound,
+}
+
+/// Standby mode when `standby.signal` is in the data directory.
+pub fn standby_mode(pgdata: Option<&Path>) -> bool {
+    let dir = pgdata.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    dir.join("standby.signal").exists()
+}
+
+pub fn default_retry(standby: bool) -> Duration {
+    // A standby should not wait long on a dead archive: it has its primary to stream from.
+    if standby {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(60)
+    }
+}
+
+pub fn fetch(
+    client: &Client,
+    cluster: &str,
+    walname: &str,
+    dest: &Path,
+    window: Duration,
+) -> Result<Outcome, Failure> {
+    let name: WalFileName = walname
+        .parse()
+        .map_err(|e| Failure::Fatal(format!("{walname:?} is not a WAL file name: {e}")))?;
+    let url_path = format!("/v1/clusters/{cluster}/wal/{name}");
+    with_retries(window, &format!("fetch {name}"), || {
+        let resp = client.get(&url_path, true)?;
+        match resp.status().as_u16() {
+            200 => download(resp, dest).map(|size| Outcome::Restored { size }),
+            404 => Ok(Outcome::NotFound),
+            _ => Err(status_failure(resp)),
+        }
+    })
+}
+
+fn header<'a>(resp: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Streams the body through zstd (if encoded) and SHA-256 into a temp file beside `dest`, then
+/// makes it durable there only if the checksum and size match what the server cataloged.
+fn download(resp: ureq::http::Response<ureq::Body>, dest: &Path) -> Result<u64, Failure> {
+    let expected_sha = header(&resp, CONTENT_SHA256_HEADER)
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| Failure::Fatal("the server sent no checksum header".into()))?;
+    let expected_size: Option<u64> = header(&resp, CONTENT_SIZE_HEADER).and_then(|v| v.parse().ok());
+    let zstd = header(&resp, "content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("zstd"));
+    let reader = resp.into_body().into_reader();
+    let mut tmp = TempFile::beside(dest)
+        .map_err(|e| Failure::Fatal(format!("cannot create a file beside {}: {e}", dest.display())))?;
+    let copied = if zstd {
+        let dec = zstd::stream::read::Decoder::new(reader)
+            .map_err(|e| Failure::Fatal(format!("cannot start decompression: {e}")))?;
+        copy_hashing(dec, &mut tmp)
+    } else {
+        copy_hashing(reader, &mut tmp)
+    };
+    let (sha, size) = copied.map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+            Failure::Unreachable(format!("download interrupted: {e}"))
+        }
+        _ => Failure::Fatal(format!("download failed: {e}")),
+    })?;
+    if sha != expected_sha || expected_size.is_some_and(|s| s != size) {
+        return Err(Failure::Fatal(format!(
+            "checksum mismatch: received {size} bytes with SHA-256 {sha}, the archive cataloged \
+             {} bytes with {expected_sha}; the file was not written",
+            expected_size.map_or("?".into(), |s| s.to_string())
+        )));
+    }
+    tmp.persist(dest)
+        .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", dest.display())))?;
+    Ok(size)
+}
+
+fn copy_hashing(mut src: impl Read, dst: &mut impl Write) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
