@@ -116,13 +116,19 @@ fn authorize(
     cluster: &str,
     op: Operation,
 ) -> Result<Option<String>, ApiError> {
-    validate_cluster_name(cluster).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
+    validate_cluster_name(cluster)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
     let authz = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     state.auth.check(authz, cluster, op).map_err(|e| {
         let e = ApiError::from(e);
-        tracing::warn!(cluster, status = e.status.as_u16(), "refused: {}", e.message);
+        tracing::warn!(
+            cluster,
+            status = e.status.as_u16(),
+            "refused: {}",
+            e.message
+        );
         e
     })
 }
@@ -140,9 +146,25 @@ fn parse_name(name: &str) -> Result<WalFileName, ApiError> {
 /// Logs a failed request once, at the level its cause deserves.
 fn log_failure(cluster: &str, name: &str, op: &str, e: &ApiError) {
     if e.status.is_server_error() {
-        tracing::error!(cluster, file = name, op, status = e.status.as_u16(), kind = e.kind, "{}", e.message);
+        tracing::error!(
+            cluster,
+            file = name,
+            op,
+            status = e.status.as_u16(),
+            kind = e.kind,
+            "{}",
+            e.message
+        );
     } else if e.status != StatusCode::NOT_FOUND {
-        tracing::warn!(cluster, file = name, op, status = e.status.as_u16(), kind = e.kind, "{}", e.message);
+        tracing::warn!(
+            cluster,
+            file = name,
+            op,
+            status = e.status.as_u16(),
+            kind = e.kind,
+            "{}",
+            e.message
+        );
     }
 }
 
@@ -203,7 +225,10 @@ async fn put_wal_inner(
         zstd,
         claimed_sha256,
     };
-    let r = state.archive.ingest(cluster, &wal_name, upload, level).await?;
+    let r = state
+        .archive
+        .ingest(cluster, &wal_name, upload, level)
+        .await?;
     let (status, outcome) = match r.stored {
         Stored::Created => (StatusCode::CREATED, "stored"),
         Stored::AlreadyStored => (StatusCode::OK, "already_stored"),
@@ -265,8 +290,10 @@ async fn get_wal_inner(
         let mut r = Response::new(Body::from_stream(stream));
         r.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, header_value(&row.stored_size.to_string()));
+        r.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            header_value(&row.stored_size.to_string()),
+        );
         r
     } else {
         let mut dec = Decompressor::new()
@@ -317,7 +344,9 @@ async fn head_wal(
             set_file_headers(r.headers_mut(), &row.sha256, row.size);
             Ok(r)
         }
-        Some(_) => Err(ArchiveError::MissingObject(format!("{name}: object missing from storage")).into()),
+        Some(_) => {
+            Err(ArchiveError::MissingObject(format!("{name}: object missing from storage")).into())
+        }
         None => Ok(StatusCode::NOT_FOUND.into_response()),
     }
 }

@@ -122,8 +122,7 @@ pub fn parse_object_key(key: &str) -> Option<(String, WalFileName)> {
     let (cluster, rest) = rest.split_once('/')?;
     let file = rest.rsplit('/').next()?;
     let name: WalFileName = file.strip_suffix(".zst")?.parse().ok()?;
-    if crate::config::validate_cluster_name(cluster).is_err() || object_key(cluster, &name) != key
-    {
+    if crate::config::validate_cluster_name(cluster).is_err() || object_key(cluster, &name) != key {
         return None;
     }
     Some((cluster.to_string(), name))
@@ -271,38 +270,48 @@ impl Archive {
         } else {
             None
         };
+        // A row whose object was lost (state `missing`) may be repaired by pushing the same
+        // bytes again; anything else already cataloged is only compared.
+        let repair = existing.as_ref().filter(|r| r.state != "ok").cloned();
+        let existing = existing.filter(|r| r.state == "ok");
         let store = existing.is_none();
-        let mut pipeline = Pipeline {
-            validator,
-            small: (!segment_like).then(Vec::new),
-            hasher: Sha256::new(),
-            size: 0,
-            limit: if segment_like {
-                MAX_SEGMENT_BYTES
-            } else {
-                MAX_SMALL_FILE_BYTES
-            },
-            compressor: if store && !upload.zstd {
-                Some(Compressor::new(compression_level).map_err(|e| {
-                    ArchiveError::Storage(format!("cannot start compression: {e}"))
-                })?)
-            } else {
-                None
-            },
-            decompressor: if upload.zstd {
-                Some(Decompressor::new().map_err(|e| {
-                    ArchiveError::Storage(format!("cannot start decompression: {e}"))
-                })?)
-            } else {
-                None
-            },
-            out: Vec::new(),
-            store,
-        };
+        let mut pipeline =
+            Pipeline {
+                validator,
+                small: (!segment_like).then(Vec::new),
+                hasher: Sha256::new(),
+                size: 0,
+                limit: if segment_like {
+                    MAX_SEGMENT_BYTES
+                } else {
+                    MAX_SMALL_FILE_BYTES
+                },
+                compressor: if store && !upload.zstd {
+                    Some(Compressor::new(compression_level).map_err(|e| {
+                        ArchiveError::Storage(format!("cannot start compression: {e}"))
+                    })?)
+                } else {
+                    None
+                },
+                decompressor: if upload.zstd {
+                    Some(Decompressor::new().map_err(|e| {
+                        ArchiveError::Storage(format!("cannot start decompression: {e}"))
+                    })?)
+                } else {
+                    None
+                },
+                out: Vec::new(),
+                store,
+            };
 
         let key = object_key(cluster, name);
         let mut blob = if store {
-            Some(self.blobs.begin_put(&key).await.map_err(ArchiveError::from_storage)?)
+            Some(
+                self.blobs
+                    .begin_put(&key)
+                    .await
+                    .map_err(ArchiveError::from_storage)?,
+            )
         } else {
             None
         };
@@ -329,6 +338,14 @@ impl Archive {
         if let Some(row) = existing {
             return same_or_conflict(name, &row.sha256, &sha256, size, row.stored_size);
         }
+        if let Some(row) = &repair {
+            if row.sha256 != sha256 {
+                if let Some(b) = blob {
+                    b.abort().await;
+                }
+                return same_or_conflict(name, &row.sha256, &sha256, size, row.stored_size);
+            }
+        }
         let Some(mut blob) = blob else {
             return Err(ArchiveError::Storage("upload not started".into()));
         };
@@ -342,7 +359,13 @@ impl Archive {
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| ArchiveError::Storage("internal: bad digest".into()))?;
-        tail.extend_from_slice(&Trailer { sha256: digest, size }.encode());
+        tail.extend_from_slice(
+            &Trailer {
+                sha256: digest,
+                size,
+            }
+            .encode(),
+        );
         if let Err(e) = blob.write(&tail).await {
             blob.abort().await;
             return Err(ArchiveError::from_storage(e));
@@ -367,7 +390,12 @@ impl Archive {
                     archived_at: now_rfc3339(),
                     state: "ok".into(),
                 };
-                self.catalog.insert_wal(row).await?;
+                if repair.is_some() {
+                    self.catalog.set_wal_state(cluster, &row.name, "ok").await?;
+                    tracing::info!(cluster, file = %row.name, "missing object restored by a new upload");
+                } else {
+                    self.catalog.insert_wal(row).await?;
+                }
                 Ok(IngestResult {
                     stored: Stored::Created,
                     sha256,
@@ -560,10 +588,20 @@ impl Archive {
 
     /// Looks a file up and re-verifies the stored object end to end (decompress + SHA-256)
     /// before anything is served (DESIGN §7.3).
-    pub async fn verified(&self, cluster: &str, name: &WalFileName) -> Result<WalRow, ArchiveError> {
-        let row = self.catalog.wal(cluster, &name.to_string()).await?.ok_or_else(|| {
-            ArchiveError::NotFound(format!("{name} is not in the archive of cluster {cluster:?}"))
-        })?;
+    pub async fn verified(
+        &self,
+        cluster: &str,
+        name: &WalFileName,
+    ) -> Result<WalRow, ArchiveError> {
+        let row = self
+            .catalog
+            .wal(cluster, &name.to_string())
+            .await?
+            .ok_or_else(|| {
+                ArchiveError::NotFound(format!(
+                    "{name} is not in the archive of cluster {cluster:?}"
+                ))
+            })?;
         if row.state != "ok" {
             return Err(ArchiveError::MissingObject(format!(
                 "{name} is cataloged but its object {} is missing from storage",

@@ -120,7 +120,10 @@ impl Authorizer {
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -143,15 +146,30 @@ mod tests {
             token("read", "s2", Role::Reader, None),
             token("adm", "s3", Role::Admin, None),
         ]);
-        assert!(matches!(a.check(None, "main", Operation::Push), Err(AuthError::Unauthenticated(_))));
+        assert!(matches!(
+            a.check(None, "main", Operation::Push),
+            Err(AuthError::Unauthenticated(_))
+        ));
         assert!(matches!(
             a.check(Some("Bearer nope"), "main", Operation::Push),
             Err(AuthError::Unauthenticated(_))
         ));
-        assert_eq!(a.check(Some("Bearer s1"), "main", Operation::Push), Ok(Some("arch".into())));
-        assert!(matches!(a.check(Some("Bearer s1"), "other", Operation::Push), Err(AuthError::Forbidden(_))));
-        assert!(matches!(a.check(Some("Bearer s1"), "main", Operation::Read), Err(AuthError::Forbidden(_))));
-        assert!(matches!(a.check(Some("Bearer s2"), "main", Operation::Push), Err(AuthError::Forbidden(_))));
+        assert_eq!(
+            a.check(Some("Bearer s1"), "main", Operation::Push),
+            Ok(Some("arch".into()))
+        );
+        assert!(matches!(
+            a.check(Some("Bearer s1"), "other", Operation::Push),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert!(matches!(
+            a.check(Some("Bearer s1"), "main", Operation::Read),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert!(matches!(
+            a.check(Some("Bearer s2"), "main", Operation::Push),
+            Err(AuthError::Forbidden(_))
+        ));
         assert!(a.check(Some("Bearer s2"), "any", Operation::Fetch).is_ok());
         assert!(a.check(Some("Bearer s3"), "any", Operation::Admin).is_ok());
     }

@@ -62,7 +62,9 @@ pub struct Catalog {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_initial.sql"))])
+    Migrations::new(vec![M::up(include_str!(
+        "../../migrations/0001_initial.sql"
+    ))])
 }
 
 impl Catalog {
@@ -130,7 +132,12 @@ impl Catalog {
             c.execute(
                 "UPDATE clusters SET system_identifier = ?2, segment_size = ?3, pg_major = ?4
                  WHERE name = ?1 AND system_identifier IS NULL",
-                params![cluster, system_identifier.to_string(), segment_size, pg_major],
+                params![
+                    cluster,
+                    system_identifier.to_string(),
+                    segment_size,
+                    pg_major
+                ],
             )?;
             let row = get_cluster(c, &cluster)?
                 .ok_or_else(|| CatalogError::Corrupt("cluster vanished".into()))?;
@@ -310,23 +317,49 @@ mod tests {
     async fn binds_once_and_inserts_idempotently() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
-        assert_eq!(cat.bind_cluster("main", 7, 1 << 24, 15).await.expect("bind"), Binding::Ok);
-        assert_eq!(cat.bind_cluster("main", 7, 1 << 24, 15).await.expect("bind"), Binding::Ok);
         assert_eq!(
-            cat.bind_cluster("main", 8, 1 << 24, 15).await.expect("bind"),
+            cat.bind_cluster("main", 7, 1 << 24, 15)
+                .await
+                .expect("bind"),
+            Binding::Ok
+        );
+        assert_eq!(
+            cat.bind_cluster("main", 7, 1 << 24, 15)
+                .await
+                .expect("bind"),
+            Binding::Ok
+        );
+        assert_eq!(
+            cat.bind_cluster("main", 8, 1 << 24, 15)
+                .await
+                .expect("bind"),
             Binding::Mismatch {
                 system_identifier: 7,
                 segment_size: 1 << 24
             }
         );
         // u64 beyond i64 survives.
-        assert_eq!(cat.bind_cluster("big", u64::MAX, 1 << 20, 15).await.expect("bind"), Binding::Ok);
         assert_eq!(
-            cat.cluster("big").await.expect("get").and_then(|c| c.system_identifier),
+            cat.bind_cluster("big", u64::MAX, 1 << 20, 15)
+                .await
+                .expect("bind"),
+            Binding::Ok
+        );
+        assert_eq!(
+            cat.cluster("big")
+                .await
+                .expect("get")
+                .and_then(|c| c.system_identifier),
             Some(u64::MAX)
         );
-        assert!(cat.insert_wal(row("000000010000000000000001")).await.expect("insert"));
-        assert!(!cat.insert_wal(row("000000010000000000000001")).await.expect("insert"));
+        assert!(cat
+            .insert_wal(row("000000010000000000000001"))
+            .await
+            .expect("insert"));
+        assert!(!cat
+            .insert_wal(row("000000010000000000000001"))
+            .await
+            .expect("insert"));
         assert_eq!(cat.list_wal("main").await.expect("list").len(), 1);
         // Reopening applies no migration twice.
         drop(cat);

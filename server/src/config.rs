@@ -259,7 +259,9 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
@@ -288,8 +290,8 @@ mod tests {
             listen: Some("127.0.0.1:9999".into()),
             ..Default::default()
         };
-        let c = Config::from_toml("listen = \"127.0.0.1:1234\"\ndata_dir = \"/x\"", &o)
-            .expect("valid");
+        let c =
+            Config::from_toml("listen = \"127.0.0.1:1234\"\ndata_dir = \"/x\"", &o).expect("valid");
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.data_dir, PathBuf::from("/x"));
     }

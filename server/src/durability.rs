@@ -89,7 +89,9 @@ pub fn remove_local_upload_debris(root: &Path) -> io::Result<u64> {
 
 fn is_upload_debris(name: &str) -> bool {
     match name.rsplit_once('#') {
-        Some((base, n)) => !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+        Some((base, n)) => {
+            !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        }
         None => false,
     }
 }

@@ -53,8 +53,12 @@ pub async fn open(
         Some(b) => b,
         None => Arc::new(ObjectStoreBlobs::local(&config.storage_dir())?) as Arc<dyn BlobStore>,
     };
-    let catalog = Catalog::open(&config.catalog_path())
-        .with_context(|| format!("cannot open the catalog {}", config.catalog_path().display()))?;
+    let catalog = Catalog::open(&config.catalog_path()).with_context(|| {
+        format!(
+            "cannot open the catalog {}",
+            config.catalog_path().display()
+        )
+    })?;
     let archive = Archive { catalog, blobs };
     reconcile::reconcile(&archive)
         .await

@@ -152,7 +152,9 @@ mod tests {
 
     #[test]
     fn round_trip_with_trailer_is_plain_zstd() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut c = Compressor::new(3).expect("encoder");
         let mut out = Vec::new();
         for chunk in data.chunks(7777) {
@@ -178,7 +180,10 @@ mod tests {
             .expect("decompress");
         }
         assert_eq!(got, data);
-        assert_eq!(Trailer::decode(&out[out.len() - TRAILER_LEN..]), Some(trailer));
+        assert_eq!(
+            Trailer::decode(&out[out.len() - TRAILER_LEN..]),
+            Some(trailer)
+        );
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
     for obj in &objects {
         if let Some(row) = by_key.get(obj.key.as_str()) {
             if row.state != "ok" {
-                archive.catalog.set_wal_state(&row.cluster, &row.name, "ok").await?;
+                archive
+                    .catalog
+                    .set_wal_state(&row.cluster, &row.name, "ok")
+                    .await?;
                 report.recovered += 1;
             }
             continue;
@@ -74,7 +77,10 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
                 cluster = %row.cluster, file = %row.name, key = %row.object_key,
                 "reconcile: the catalog lists this file but storage has no object for it; it will not be served"
             );
-            archive.catalog.set_wal_state(&row.cluster, &row.name, "missing").await?;
+            archive
+                .catalog
+                .set_wal_state(&row.cluster, &row.name, "missing")
+                .await?;
             report.missing.push(format!("{}/{}", row.cluster, row.name));
         }
     }
@@ -102,7 +108,11 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
         .map_err(|e| e.to_string())?;
     let trailer = Trailer::decode(&tail).ok_or("no valid trailer")?;
 
-    let cluster_row = archive.catalog.cluster(&cluster).await.map_err(|e| e.to_string())?;
+    let cluster_row = archive
+        .catalog
+        .cluster(&cluster)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut validator = match &name {
         WalFileName::Segment { .. } | WalFileName::Partial { .. } => {
             let expect = Expectations {
@@ -127,7 +137,8 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
             plain_size += plain.len() as u64;
             hasher.update(plain);
             if let Some(v) = validator.as_mut() {
-                v.update(plain).map_err(|e| std::io::Error::other(e.to_string()))?;
+                v.update(plain)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
             } else if small.len() < 1 << 20 {
                 small.extend_from_slice(plain);
             }
@@ -148,7 +159,12 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
             let info = v.finish().map_err(|e| e.to_string())?;
             let binding = archive
                 .catalog
-                .bind_cluster(&cluster, info.system_identifier, info.segment_size.bytes(), info.pg_major)
+                .bind_cluster(
+                    &cluster,
+                    info.system_identifier,
+                    info.segment_size.bytes(),
+                    info.pg_major,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             if binding != Binding::Ok {

@@ -126,8 +126,9 @@ impl ObjectStoreBlobs {
     /// Local files under `root`, created if missing, with every write made durable
     /// (see [`crate::durability::local_object_store`]).
     pub fn local(root: &std::path::Path) -> Result<Self, StorageError> {
-        let store = crate::durability::local_object_store(root)
-            .map_err(|e| StorageError::Io(format!("cannot open storage at {}: {e}", root.display())))?;
+        let store = crate::durability::local_object_store(root).map_err(|e| {
+            StorageError::Io(format!("cannot open storage at {}: {e}", root.display()))
+        })?;
         Ok(ObjectStoreBlobs {
             store: Arc::new(store),
             local_root: Some(root.to_path_buf()),
@@ -293,7 +294,11 @@ impl ObjectStoreUpload {
             .map_err(StorageError::from_object_store)?;
         // Publish: create the final key only if it does not exist (a hard link on local
         // storage), so a stored object is never replaced.
-        let outcome = match self.store.copy_if_not_exists(&self.staging, &self.dest).await {
+        let outcome = match self
+            .store
+            .copy_if_not_exists(&self.staging, &self.dest)
+            .await
+        {
             Ok(()) => PutOutcome::Created,
             Err(object_store::Error::AlreadyExists { .. }) => PutOutcome::AlreadyExists,
             Err(e) => return Err(StorageError::from_object_store(e)),
@@ -400,7 +405,9 @@ impl BlobUpload for FaultyUpload {
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<PutOutcome, StorageError>> {
         Box::pin(async move {
             let injected = if self.plan.out_of_space.load(Ordering::SeqCst) {
-                Some(StorageError::OutOfSpace("injected: no space left on device".into()))
+                Some(StorageError::OutOfSpace(
+                    "injected: no space left on device".into(),
+                ))
             } else if self.plan.io_error.load(Ordering::SeqCst) {
                 Some(StorageError::Io("injected I/O error".into()))
             } else {

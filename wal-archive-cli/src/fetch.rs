@@ -28,7 +28,9 @@ pub enum Outcome {
 
 /// Standby mode when `standby.signal` is in the data directory.
 pub fn standby_mode(pgdata: Option<&Path>) -> bool {
-    let dir = pgdata.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = pgdata
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     dir.join("standby.signal").exists()
 }
 
@@ -72,11 +74,16 @@ fn download(resp: ureq::http::Response<ureq::Body>, dest: &Path) -> Result<u64, 
     let expected_sha = header(&resp, CONTENT_SHA256_HEADER)
         .map(str::to_ascii_lowercase)
         .ok_or_else(|| Failure::Fatal("the server sent no checksum header".into()))?;
-    let expected_size: Option<u64> = header(&resp, CONTENT_SIZE_HEADER).and_then(|v| v.parse().ok());
+    let expected_size: Option<u64> =
+        header(&resp, CONTENT_SIZE_HEADER).and_then(|v| v.parse().ok());
     let zstd = header(&resp, "content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("zstd"));
     let reader = resp.into_body().into_reader();
-    let mut tmp = TempFile::beside(dest)
-        .map_err(|e| Failure::Fatal(format!("cannot create a file beside {}: {e}", dest.display())))?;
+    let mut tmp = TempFile::beside(dest).map_err(|e| {
+        Failure::Fatal(format!(
+            "cannot create a file beside {}: {e}",
+            dest.display()
+        ))
+    })?;
     let copied = if zstd {
         let dec = zstd::stream::read::Decoder::new(reader)
             .map_err(|e| Failure::Fatal(format!("cannot start decompression: {e}")))?;

@@ -20,7 +20,9 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
         .and_then(|n| n.to_str())
         .ok_or_else(|| Failure::Fatal(format!("{} has no file name", path.display())))?;
     let wal_name: WalFileName = name.parse().map_err(|e| {
-        Failure::Fatal(format!("{name:?} is not a WAL file name PostgreSQL archives: {e}"))
+        Failure::Fatal(format!(
+            "{name:?} is not a WAL file name PostgreSQL archives: {e}"
+        ))
     })?;
     let sha256 = hash_file(path)?;
     let url_path = format!("/v1/clusters/{cluster}/wal/{wal_name}");

@@ -63,7 +63,11 @@ pub fn print_human(r: &WalReport) {
             "timeline {}: {} segments{}",
             t.tli,
             t.segments,
-            if t.has_history { ", history file present" } else { "" }
+            if t.has_history {
+                ", history file present"
+            } else {
+                ""
+            }
         );
         for (a, b) in &t.ranges {
             println!("  range {a} .. {b}");

@@ -1,0 +1,582 @@
+//! The HTTP API in-process, on real local storage, with the fault-injecting store where a
+//! failure is needed. Real PostgreSQL is exercised by the end-to-end tests in `tests/`; here the
+//! segments are synthetic (`pgwal::synth`) so that every edge can be built on purpose.
+//!
+//! - `stores_then_idempotent_then_conflict`: 201, 200 for the same bytes, 409 for other bytes,
+//!   and the stored copy is untouched.
+//! - `refuses_what_is_not_wal_of_this_cluster`: wrong system, wrong name, truncated, empty,
+//!   garbage, checksum header mismatch; nothing is stored.
+//! - `out_of_space_is_507_and_nothing_is_acknowledged` / `io_error_is_503`.
+//! - `concurrent_uploads_of_one_name`: exactly one creates; identical ones get 200, others 409.
+//! - `client_compressed_upload`: stored as sent, still verified.
+//! - `corrupt_object_is_never_served`.
+//! - `history_and_backup_files`: form checks.
+//! - `reconcile_*`: start-up reconciliation of storage with the catalog.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use pgwal::api::{ErrorBody, WalListing};
+use pgwal::synth::SyntheticSegment;
+use pgwal::SegmentSize;
+use tower::ServiceExt;
+use wal_archive_server::api::{router, AppState};
+use wal_archive_server::auth::Authorizer;
+use wal_archive_server::config::{Config, Overrides};
+use wal_archive_server::storage::{BlobStore, FaultPlan, FaultyBlobs, ObjectStoreBlobs};
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: Config,
+    plan: Arc<FaultPlan>,
+    state: Arc<AppState>,
+    _lock: std::fs::File,
+}
+
+async fn env_in(dir: tempfile::TempDir) -> Env {
+    let config = Config::from_toml(
+        "",
+        &Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .expect("config");
+    let plan = Arc::new(FaultPlan::default());
+    let blobs: Arc<dyn BlobStore> = Arc::new(FaultyBlobs {
+        inner: ObjectStoreBlobs::local(&config.storage_dir()).expect("storage"),
+        plan: plan.clone(),
+    });
+    let (archive, lock) = wal_archive_server::open(&config, Some(blobs))
+        .await
+        .expect("open");
+    let state = Arc::new(AppState {
+        archive,
+        auth: Authorizer::new(&[]),
+        config: Arc::new(config.clone()),
+    });
+    Env {
+        dir,
+        config,
+        plan,
+        state,
+        _lock: lock,
+    }
+}
+
+async fn env() -> Env {
+    env_in(tempfile::tempdir().expect("tempdir")).await
+}
+
+fn seg(segno: u64) -> SyntheticSegment {
+    SyntheticSegment {
+        segno,
+        segment_size: SegmentSize::new(1 << 20).expect("size"),
+        written_pages: Some(40),
+        ..Default::default()
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn error(&self) -> ErrorBody {
+        serde_json::from_slice(&self.body).expect("error body")
+    }
+}
+
+async fn call(env: &Env, req: Request<Body>) -> Reply {
+    let resp = router(env.state.clone())
+        .oneshot(req)
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn put(env: &Env, name: &str, body: Vec<u8>) -> Reply {
+    let req = Request::put(format!("/v1/clusters/main/wal/{name}"))
+        .body(Body::from(body))
+        .expect("request");
+    call(env, req).await
+}
+
+async fn get(env: &Env, name: &str) -> Reply {
+    let req = Request::get(format!("/v1/clusters/main/wal/{name}"))
+        .body(Body::empty())
+        .expect("request");
+    call(env, req).await
+}
+
+async fn listing(env: &Env) -> WalListing {
+    let req = Request::get("/v1/clusters/main/wal")
+        .body(Body::empty())
+        .expect("request");
+    let r = call(env, req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    serde_json::from_slice(&r.body).expect("listing")
+}
+
+fn stored_files(env: &Env) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![env.config.storage_dir().join("wal")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_then_idempotent_then_conflict() {
+    let env = env().await;
+    let s = seg(5);
+    let name = s.name(1).to_string();
+    let bytes = s.build();
+    assert_eq!(
+        put(&env, &name, bytes.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(put(&env, &name, bytes.clone()).await.status, StatusCode::OK);
+
+    // Valid WAL for this name, other bytes (a record byte differs): a conflict.
+    let mut other = bytes.clone();
+    other[100] ^= 0xFF;
+    let r = put(&env, &name, other).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.error().error, "conflict");
+
+    let r = get(&env, &name).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, bytes, "the stored copy is untouched");
+    let sha = r.headers.get("x-content-sha256").expect("checksum header");
+    assert_eq!(
+        sha.to_str().expect("ascii"),
+        wal_archive_server::object_format::sha256_hex(&bytes)
+    );
+    assert_eq!(stored_files(&env).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_what_is_not_wal_of_this_cluster() {
+    let env = env().await;
+    let first = seg(5);
+    assert_eq!(
+        put(&env, &first.name(1).to_string(), first.build())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let cases: Vec<(&str, String, Vec<u8>, &str)> = vec![
+        (
+            "another system",
+            seg(6).name(1).to_string(),
+            SyntheticSegment {
+                system_identifier: 42,
+                ..seg(6)
+            }
+            .build(),
+            "wrong_system",
+        ),
+        (
+            "content of another segment",
+            seg(7).name(1).to_string(),
+            seg(8).build(),
+            "name_mismatch",
+        ),
+        (
+            "truncated",
+            seg(9).name(1).to_string(),
+            seg(9).build()[..300_000].to_vec(),
+            "truncated",
+        ),
+        (
+            "empty",
+            seg(10).name(1).to_string(),
+            Vec::new(),
+            "truncated",
+        ),
+        (
+            "not WAL",
+            seg(11).name(1).to_string(),
+            (0..1u32 << 20)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            "not_wal",
+        ),
+        (
+            "other segment size",
+            seg(12).name(1).to_string(),
+            SyntheticSegment {
+                segment_size: SegmentSize::new(2 << 20).expect("size"),
+                ..seg(12)
+            }
+            .build(),
+            "wrong_segment_size",
+        ),
+    ];
+    for (what, name, body, kind) in cases {
+        let r = put(&env, &name, body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+        assert_eq!(r.error().error, kind, "{what}: {}", r.error().message);
+        assert_eq!(
+            get(&env, &name).await.status,
+            StatusCode::NOT_FOUND,
+            "{what}"
+        );
+    }
+    // A checksum header that does not match the body.
+    let s = seg(13);
+    let req = Request::put(format!("/v1/clusters/main/wal/{}", s.name(1)))
+        .header("x-content-sha256", "0".repeat(64))
+        .body(Body::from(s.build()))
+        .expect("request");
+    let r = call(&env, req).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error().error, "checksum_mismatch");
+    // Bad names never reach storage.
+    for bad in [
+        "..",
+        "00000001000000000000000",
+        "000000010000000000000zzz",
+        "000000010000000000000005a",
+        "00000001000000000000000a",
+    ] {
+        let r = put(&env, bad, seg(5).build()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let req = Request::put("/v1/clusters/main/wal/a%2F..%2Fx")
+        .body(Body::from("x"))
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::BAD_REQUEST);
+    let req = Request::put(format!("/v1/clusters/bad%2Fname/wal/{}", seg(5).name(1)))
+        .body(Body::from("x"))
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(stored_files(&env).len(), 1);
+    assert_eq!(listing(&env).await.files.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_space_is_507_and_nothing_is_acknowledged() {
+    let env = env().await;
+    let s = seg(5);
+    let name = s.name(1).to_string();
+    env.plan.out_of_space.store(true, Ordering::SeqCst);
+    let r = put(&env, &name, s.build()).await;
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(r.error().error, "out_of_space");
+    assert_eq!(get(&env, &name).await.status, StatusCode::NOT_FOUND);
+    assert!(stored_files(&env).is_empty());
+    // Space is back: the retry PostgreSQL makes succeeds.
+    env.plan.out_of_space.store(false, Ordering::SeqCst);
+    assert_eq!(
+        put(&env, &name, s.build()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, &name).await.body, s.build());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_error_is_503() {
+    let env = env().await;
+    let s = seg(5);
+    env.plan.io_error.store(true, Ordering::SeqCst);
+    let r = put(&env, &s.name(1).to_string(), s.build()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(stored_files(&env).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_of_one_name() {
+    let env = Arc::new(env().await);
+    let s = seg(5);
+    let name = s.name(1).to_string();
+    let bytes = s.build();
+    let mut other = bytes.clone();
+    other[200] ^= 1;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let env = env.clone();
+        let name = name.clone();
+        let body = if i % 2 == 0 {
+            bytes.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            (i, put(&env, &name, body).await.status)
+        }));
+    }
+    let mut created = 0;
+    let mut winner_even = None;
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (i, st) = t.await.expect("task");
+        if st == StatusCode::CREATED {
+            created += 1;
+            winner_even = Some(i % 2 == 0);
+        }
+        statuses.push((i, st));
+    }
+    assert_eq!(created, 1, "{statuses:?}");
+    let winner_even = winner_even.expect("a winner");
+    for (i, st) in statuses {
+        if st == StatusCode::CREATED {
+            continue;
+        }
+        let same = (i % 2 == 0) == winner_even;
+        assert_eq!(
+            st,
+            if same {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            },
+            "{i}"
+        );
+    }
+    let expected = if winner_even { bytes } else { other };
+    assert_eq!(get(&env, &name).await.body, expected);
+    assert!(std::fs::read_dir(env.config.storage_dir().join("staging"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_compressed_upload() {
+    let env = env().await;
+    let s = seg(5);
+    let name = s.name(1).to_string();
+    let plain = s.build();
+    let compressed = zstd::encode_all(&plain[..], 1).expect("compress");
+    let req = Request::put(format!("/v1/clusters/main/wal/{name}"))
+        .header("content-encoding", "zstd")
+        .header(
+            "x-content-sha256",
+            wal_archive_server::object_format::sha256_hex(&plain),
+        )
+        .body(Body::from(compressed.clone()))
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::CREATED);
+    let files = stored_files(&env);
+    let stored = std::fs::read(&files[0]).expect("read object");
+    assert!(
+        stored.starts_with(&compressed),
+        "stored as sent, trailer appended"
+    );
+    assert_eq!(get(&env, &name).await.body, plain);
+    // zstd that decodes to something invalid is refused.
+    let bad = zstd::encode_all(&seg(6).build()[..500_000], 1).expect("compress");
+    let req = Request::put(format!("/v1/clusters/main/wal/{}", seg(6).name(1)))
+        .header("content-encoding", "zstd")
+        .body(Body::from(bad))
+        .expect("request");
+    assert_eq!(
+        call(&env, req).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let req = Request::put(format!("/v1/clusters/main/wal/{}", seg(6).name(1)))
+        .header("content-encoding", "zstd")
+        .body(Body::from(vec![1u8, 2, 3, 4, 5]))
+        .expect("request");
+    assert_eq!(
+        call(&env, req).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_object_is_never_served() {
+    let env = env().await;
+    let s = seg(5);
+    let name = s.name(1).to_string();
+    assert_eq!(
+        put(&env, &name, s.build()).await.status,
+        StatusCode::CREATED
+    );
+    let file = stored_files(&env).remove(0);
+    let mut data = std::fs::read(&file).expect("read");
+    let mid = data.len() / 3;
+    data[mid] ^= 0x40;
+    std::fs::write(&file, data).expect("write");
+    for accept in ["zstd", "identity"] {
+        let req = Request::get(format!("/v1/clusters/main/wal/{name}"))
+            .header("accept-encoding", accept)
+            .body(Body::empty())
+            .expect("request");
+        let r = call(&env, req).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{accept}");
+        assert_eq!(r.error().error, "corrupt");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_backup_files() {
+    let env = env().await;
+    assert_eq!(
+        put(&env, &seg(2).name(1).to_string(), seg(2).build())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let history = "1\t0/2000100\tno recovery target specified\n";
+    assert_eq!(
+        put(&env, "00000002.history", history.into()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, "00000002.history").await.body, history.as_bytes());
+    let r = put(&env, "00000003.history", "garbage here\n".into()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error().error, "bad_history");
+    // Parent timeline not below the file's own.
+    let r = put(&env, "00000003.history", "3\t0/3000000\tx\n".into()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let backup = "START WAL LOCATION: 0/200028 (file 000000010000000000000002)\n\
+                  STOP WAL LOCATION: 0/200100 (file 000000010000000000000002)\n\
+                  CHECKPOINT LOCATION: 0/200060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+                  START TIME: 2026-11-21 10:00:00 UTC\nLABEL: x\nSTART TIMELINE: 1\n\
+                  STOP TIME: 2026-11-21 10:00:01 UTC\nSTOP TIMELINE: 1\n";
+    assert_eq!(
+        put(
+            &env,
+            "000000010000000000000002.00000028.backup",
+            backup.into()
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let r = put(
+        &env,
+        "000000010000000000000003.00000028.backup",
+        backup.into(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "name does not match content"
+    );
+    let r = put(
+        &env,
+        "000000010000000000000002.00000028.backup",
+        "x".repeat(2 << 20).into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "too long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_indexes_quarantines_and_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (orphan_name, missing_name, storage, db) = {
+        let env = env_in(dir).await;
+        let a = seg(5);
+        let b = seg(6);
+        let c = seg(7);
+        for s in [&a, &b, &c] {
+            assert_eq!(
+                put(&env, &s.name(1).to_string(), s.build()).await.status,
+                StatusCode::CREATED
+            );
+        }
+        let storage = env.config.storage_dir();
+        let db = env.config.catalog_path();
+        let Env {
+            dir, state, _lock, ..
+        } = env;
+        drop(state);
+        drop(_lock);
+        (
+            a.name(1).to_string(),
+            b.name(1).to_string(),
+            (dir, storage),
+            db,
+        )
+    };
+    let (dir, storage) = storage;
+    // A crash between publish and catalog insert: the object has no row.
+    let conn = rusqlite::Connection::open(&db).expect("db");
+    conn.execute("DELETE FROM wal_files WHERE name = ?1", [&orphan_name])
+        .expect("delete row");
+    drop(conn);
+    // Someone deleted an object.
+    let key_dir = storage.join("wal/main/0000000100000000");
+    std::fs::remove_file(key_dir.join(format!("{missing_name}.zst"))).expect("rm");
+    // Garbage under a WAL key, and debris of interrupted uploads.
+    let junk = seg(9).name(1).to_string();
+    std::fs::write(key_dir.join(format!("{junk}.zst")), b"not an object").expect("write");
+    std::fs::write(key_dir.join("000000010000000000000010.zst#1"), b"debris").expect("write");
+    std::fs::create_dir_all(storage.join("staging")).expect("mkdir");
+    std::fs::write(storage.join("staging/123-4-5"), b"debris").expect("write");
+
+    let env = env_in(dir).await;
+    let l = listing(&env).await;
+    let names: Vec<_> = l.files.iter().map(|f| f.name.clone()).collect();
+    assert!(names.contains(&orphan_name), "orphan re-indexed: {names:?}");
+    assert!(!names.contains(&junk));
+    assert_eq!(l.missing, vec![missing_name.clone()]);
+    assert_eq!(get(&env, &orphan_name).await.body, seg(5).build());
+    let r = get(&env, &missing_name).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.error().error, "missing_object");
+    assert!(storage
+        .join(format!("quarantine/wal/main/0000000100000000/{junk}.zst"))
+        .exists());
+    assert!(!key_dir.join("000000010000000000000010.zst#1").exists());
+    assert!(!storage.join("staging/123-4-5").exists());
+    // A missing object is repaired by pushing the same bytes again, and only those.
+    let mut other = seg(6).build();
+    other[300] ^= 1;
+    assert_eq!(
+        put(&env, &missing_name, other).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        put(&env, &missing_name, seg(6).build()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, &missing_name).await.body, seg(6).build());
+    assert!(listing(&env).await.missing.is_empty());
+    assert_eq!(env.dir.path(), env.config.data_dir.as_path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_server_on_one_data_dir_is_refused() {
+    let env = env().await;
+    let err = match wal_archive_server::open(&env.config, None).await {
+        Ok(_) => panic!("a second server opened a locked data directory"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("already using"), "{err}");
+}
