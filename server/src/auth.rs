@@ -47,8 +47,15 @@ pub enum AuthError {
     Forbidden(String),
 }
 
+struct Token {
+    name: String,
+    secret_sha256: [u8; 32],
+    role: Role,
+    clusters: Option<Vec<String>>,
+}
+
 pub struct Authorizer {
-    tokens: Vec<(String, [u8; 32], Role, Option<Vec<String>>)>,
+    tokens: Vec<Token>,
 }
 
 impl Authorizer {
@@ -57,8 +64,13 @@ impl Authorizer {
             tokens: tokens
                 .iter()
                 .filter_map(|t| {
-                    let hash: [u8; 32] = hex::decode(&t.secret_sha256).ok()?.try_into().ok()?;
-                    Some((t.name.clone(), hash, t.role, t.clusters.clone()))
+                    let secret_sha256 = hex::decode(&t.secret_sha256).ok()?.try_into().ok()?;
+                    Some(Token {
+                        name: t.name.clone(),
+                        secret_sha256,
+                        role: t.role,
+                        clusters: t.clusters.clone(),
+                    })
                 })
                 .collect(),
         }
@@ -91,10 +103,15 @@ impl Authorizer {
                 )
             })?;
         let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let (name, _, role, clusters) = self
+        let Token {
+            name,
+            role,
+            clusters,
+            ..
+        } = self
             .tokens
             .iter()
-            .find(|t| constant_time_eq(&t.1, &hash))
+            .find(|t| constant_time_eq(&t.secret_sha256, &hash))
             .ok_or_else(|| {
                 AuthError::Unauthenticated(
                     "the token is not known to this server: check the secret, and that its \

@@ -12,6 +12,7 @@ pub mod durability;
 pub mod object_format;
 pub mod reconcile;
 pub mod storage;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -75,12 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth: Authorizer::new(&config.tokens),
         config: config.clone(),
     });
-    if config.tls.is_some() {
-        anyhow::bail!(
-            "[tls] is set but this version serves plain HTTP only; put it behind a TLS proxy \
-             or remove [tls]"
-        );
-    }
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(t)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -88,12 +87,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         auth = if state.auth.is_open() { "open (loopback only)" } else { "tokens" },
+        scheme = if tls.is_some() { "https" } else { "http" },
         "wal-archive-server ready"
     );
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let app = api::router(state);
+    match tls {
+        Some(tls) => axum::serve(tls::TlsListener::new(listener, tls)?, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTPS")?,
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")?,
+    }
     tracing::info!("wal-archive-server stopped");
     Ok(())
 }

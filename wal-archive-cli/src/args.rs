@@ -27,6 +27,10 @@ pub struct GlobalArgs {
     /// Client configuration file (TOML: url, token, retry_for).
     #[arg(long, global = true, env = "WAL_ARCHIVE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (for https:// URLs with a
+    /// private CA); the system's web roots are used otherwise.
+    #[arg(long, global = true, env = "WAL_ARCHIVE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,

@@ -57,8 +57,24 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(settings: Settings) -> Client {
+    pub fn new(settings: Settings) -> Result<Client, String> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(pem) = &settings.ca_certs {
+            let certs = ureq::tls::parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the CA file is not valid PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA file holds no certificate".into());
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
             .timeout_send_request(Some(Duration::from_secs(30)))
@@ -68,10 +84,10 @@ impl Client {
             .timeout_recv_response(Some(Duration::from_secs(300)))
             .user_agent(concat!("wal-archive/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client {
+        Ok(Client {
             settings,
             agent: config.into(),
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

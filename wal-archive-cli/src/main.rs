@@ -27,7 +27,13 @@ fn main() -> ExitCode {
         }
     };
     let json = settings.json;
-    let client = Client::new(settings);
+    let client = match Client::new(settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wal-archive: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Push { cluster, path } => match push::push(&client, &cluster, &path) {
             Ok(r) => {
@@ -55,7 +61,12 @@ fn main() -> ExitCode {
                 .retry_for
                 .unwrap_or_else(|| fetch::default_retry(standby));
             match fetch::fetch(&client, &cluster, &walname, &dest, window) {
-                Ok(fetch::Outcome::Restored { .. }) => ExitCode::SUCCESS,
+                Ok(fetch::Outcome::Restored { size }) => {
+                    if json {
+                        print_json(&serde_json::json!({ "name": walname, "size": size }));
+                    }
+                    ExitCode::SUCCESS
+                }
                 Ok(fetch::Outcome::NotFound) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("wal-archive fetch: {walname}: {e}");

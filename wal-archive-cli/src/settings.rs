@@ -17,6 +17,7 @@ struct FileConfig {
     url: Option<String>,
     token: Option<String>,
     retry_for: Option<u64>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -26,6 +27,8 @@ pub struct Settings {
     pub json: bool,
     /// Explicit retry window, if one was given.
     pub retry_for: Option<Duration>,
+    /// PEM certificates to trust instead of the web roots.
+    pub ca_certs: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Settings {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("json", &self.json)
             .field("retry_for", &self.retry_for)
+            .field("ca_certs", &self.ca_certs.as_ref().map(|c| c.len()))
             .finish()
     }
 }
@@ -58,11 +62,19 @@ impl Settings {
             ));
         }
         let token = g.token.clone().or(file.token).filter(|t| !t.is_empty());
+        let ca_certs = match g.ca_file.clone().or(file.ca_file) {
+            Some(path) => Some(
+                std::fs::read(&path)
+                    .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(Settings {
             url,
             token,
             json: g.json,
             retry_for: g.retry_for.or(file.retry_for).map(Duration::from_secs),
+            ca_certs,
         })
     }
 }
