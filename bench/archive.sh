@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-SCALE=${SCALE:-20}
+SCALE=${SCALE:-40}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${PORT:-55432}
 SRV_PORT=${SRV_PORT:-18499}
@@ -35,14 +35,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$WORK/bin" "$WORK/sock"
+mkdir -p "$WORK/bin" "$WORK/sock" "$WORK/logs"
 cp target/release/wal-archive target/release/wal-archive-server "$WORK/bin/"
 chmod 755 "$WORK/bin"/*
-[ "$(id -u)" -eq 0 ] && chown -R postgres "$WORK/sock"
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$WORK/sock" "$WORK/logs"; fi
 
 # --- the template: a backlog of .ready segments --------------------------------------------
 T="$WORK/template"
-mkdir -p "$T"; [ "$(id -u)" -eq 0 ] && chown postgres "$T"
+mkdir -p "$T"; if [ "$(id -u)" -eq 0 ]; then chown postgres "$T"; fi
 as_pg "$PGBIN/initdb" -D "$T" -A trust -N >/dev/null
 cat >> "$T/postgresql.conf" <<CONF
 port = $PORT
@@ -55,7 +55,7 @@ checkpoint_timeout = 1h
 wal_level = replica
 CONF
 psql_t() { as_pg psql -X -qAt -h "$WORK/sock" -p "$PORT" -d postgres -c "$1"; }
-as_pg "$PGBIN/pg_ctl" -D "$T" -w -l "$WORK/template.log" start >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$T" -w -l "$WORK/logs/template.log" start >/dev/null
 echo "bench: generating WAL (pgbench scale $SCALE and random bytes)" >&2
 as_pg "$PGBIN/pgbench" -h "$WORK/sock" -p "$PORT" -i -s "$SCALE" -q postgres >/dev/null 2>&1
 as_pg "$PGBIN/pgbench" -h "$WORK/sock" -p "$PORT" -t 2000 -c 2 postgres >/dev/null 2>&1
@@ -84,10 +84,10 @@ round() { # name command
   sed -i "s|^archive_command = ''|archive_command = '$cmd'|" "$d/postgresql.conf"
   local t0 t1
   t0=$(date +%s.%N)
-  as_pg "$PGBIN/pg_ctl" -D "$d" -w -l "$WORK/$name.log" start >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$d" -w -l "$WORK/logs/$name.log" start >/dev/null
   local deadline=$(( $(date +%s) + 900 ))
   until [ "$(psql_t "select coalesce(last_archived_wal, '') from pg_stat_archiver")" = "$LAST" ]; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "bench: $name did not drain in time" >&2; tail "$WORK/$name.log" >&2; exit 1; }
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "bench: $name did not drain in time" >&2; tail "$WORK/logs/$name.log" >&2; exit 1; }
     sleep 0.02
   done
   t1=$(date +%s.%N)
@@ -100,7 +100,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 
 declare -A TIMES
 for r in $(seq 1 "$ROUNDS"); do
-  mkdir -p "$WORK/cp-dest"; [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/cp-dest"
+  mkdir -p "$WORK/cp-dest"; if [ "$(id -u)" -eq 0 ]; then chown postgres "$WORK/cp-dest"; fi
   rm -f "$WORK/cp-dest"/*
   TIMES[cp]+="$(round cp "cp %p $WORK/cp-dest/%f") "
   # Each round archives into a new cluster name, so every segment is really stored.
@@ -121,5 +121,6 @@ curl -fs "http://127.0.0.1:$SRV_PORT/v1/clusters/bench1/wal" | python3 -c '
 import json, sys
 l = json.load(sys.stdin)
 size = sum(f["size"] for f in l["files"]); stored = sum(f["stored_size"] for f in l["files"])
-print(f"archive: {len(l[\"files\"])} files, {size/2**20:.0f} MiB of WAL stored as {stored/2**20:.0f} MiB: compression ratio {size/stored:.2f}")
+n = len(l["files"])
+print(f"archive: {n} files, {size/2**20:.0f} MiB of WAL stored as {stored/2**20:.0f} MiB: compression ratio {size/stored:.2f}")
 '

@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod backup_history;
+pub mod checksum;
 pub mod history;
 pub mod lsn;
 pub mod name;

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator, ValidationErrorKind};
 use pgwal::segment::SegmentSize;
-use sha2::{Digest, Sha256};
+use pgwal::checksum::Sha256;
 
 use crate::catalog::{now_rfc3339, Binding, Catalog, CatalogError, WalRow};
 use crate::object_format::{Compressor, Decompressor, Trailer, TRAILER_LEN};
@@ -458,7 +458,7 @@ impl Archive {
                 p.out.clear();
             }
         }
-        let sha256 = hex::encode(std::mem::take(&mut p.hasher).finalize());
+        let sha256 = std::mem::take(&mut p.hasher).finish_hex();
         if let Some(claimed) = upload.claimed_sha256 {
             if !claimed.eq_ignore_ascii_case(&sha256) {
                 return Err(ArchiveError::invalid(
@@ -641,7 +641,7 @@ impl Archive {
                 ArchiveError::Corrupt(format!("stored object {key} cannot be decompressed: {e}"))
             })?;
         }
-        Ok((hex::encode(hasher.finalize()), size))
+        Ok((hasher.finish_hex(), size))
     }
 }
 

@@ -3,8 +3,6 @@
 //! With no tokens configured every request is allowed, which the configuration only permits on a
 //! loopback listener (see [`crate::config`]). Secrets are never logged: only token names are.
 
-use sha2::{Digest, Sha256};
-
 use crate::config::{Role, TokenConfig};
 
 /// The kinds of operation a role can be granted.
@@ -102,7 +100,11 @@ impl Authorizer {
                         .into(),
                 )
             })?;
-        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let hash = {
+            let mut h = pgwal::checksum::Sha256::new();
+            h.update(secret.as_bytes());
+            h.finish()
+        };
         let Token {
             name,
             role,
@@ -150,7 +152,7 @@ mod tests {
     fn token(name: &str, secret: &str, role: Role, clusters: Option<Vec<&str>>) -> TokenConfig {
         TokenConfig {
             name: name.into(),
-            secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+            secret_sha256: pgwal::checksum::sha256_hex(secret.as_bytes()),
             role,
             clusters: clusters.map(|v| v.into_iter().map(String::from).collect()),
         }

@@ -8,7 +8,6 @@
 //! It is a trailer rather than a header because the checksum is only known once the whole body has
 //! streamed through.
 
-use sha2::{Digest, Sha256};
 
 /// Total size of the trailer frame.
 pub const TRAILER_LEN: usize = 64;
@@ -63,6 +62,7 @@ impl Trailer {
 /// Incremental zstd compression over chunks, appending compressed bytes to a caller's buffer.
 pub struct Compressor {
     encoder: zstd::stream::raw::Encoder<'static>,
+    scratch: Vec<u8>,
 }
 
 impl Compressor {
@@ -71,18 +71,20 @@ impl Compressor {
         // The frame checksum lets any zstd tool detect corruption of a stored object on its own.
         use zstd::stream::raw::CParameter;
         encoder.set_parameter(CParameter::ChecksumFlag(true))?;
-        Ok(Compressor { encoder })
+        Ok(Compressor {
+            encoder,
+            scratch: vec![0u8; zstd::zstd_safe::CCtx::out_size().max(64 * 1024)],
+        })
     }
 
     pub fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-        let mut scratch = vec![0u8; zstd::zstd_safe::CCtx::out_size().max(64 * 1024)];
         while !input.is_empty() {
             let mut inb = InBuffer::around(input);
-            let mut outb = OutBuffer::around(&mut scratch[..]);
+            let mut outb = OutBuffer::around(&mut self.scratch[..]);
             self.encoder.run(&mut inb, &mut outb)?;
             let (consumed, produced) = (inb.pos(), outb.pos());
-            out.extend_from_slice(&scratch[..produced]);
+            out.extend_from_slice(&self.scratch[..produced]);
             input = &input[consumed..];
         }
         Ok(())
@@ -90,12 +92,11 @@ impl Compressor {
 
     pub fn finish(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
         use zstd::stream::raw::{Operation, OutBuffer};
-        let mut scratch = vec![0u8; 64 * 1024];
         loop {
-            let mut outb = OutBuffer::around(&mut scratch[..]);
+            let mut outb = OutBuffer::around(&mut self.scratch[..]);
             let remaining = self.encoder.finish(&mut outb, true)?;
             let produced = outb.pos();
-            out.extend_from_slice(&scratch[..produced]);
+            out.extend_from_slice(&self.scratch[..produced]);
             if remaining == 0 {
                 return Ok(());
             }
@@ -143,7 +144,7 @@ impl Decompressor {
 
 /// SHA-256 in hex of a byte slice.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    pgwal::checksum::sha256_hex(data)
 }
 
 #[cfg(test)]
@@ -162,7 +163,11 @@ mod tests {
         }
         c.finish(&mut out).expect("finish");
         let trailer = Trailer {
-            sha256: Sha256::digest(&data).into(),
+            sha256: {
+                let mut h = pgwal::checksum::Sha256::new();
+                h.update(&data);
+                h.finish()
+            },
             size: data.len() as u64,
         };
         out.extend_from_slice(&trailer.encode());

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator};
 use pgwal::segment::SegmentSize;
-use sha2::{Digest, Sha256};
+use pgwal::checksum::Sha256;
 
 use crate::archive::{kind_str, parse_object_key, Archive, ArchiveError};
 use crate::catalog::{now_rfc3339, Binding, WalRow};
@@ -146,7 +146,7 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
         })
         .map_err(|e| format!("content: {e}"))?;
     }
-    let sha = hex::encode(hasher.finalize());
+    let sha = hasher.finish_hex();
     if sha != trailer.sha256_hex() || plain_size != trailer.size {
         return Err(format!(
             "checksum mismatch: trailer says {} ({} bytes), content is {sha} ({plain_size} bytes)",

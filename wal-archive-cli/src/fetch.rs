@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER};
 use pgwal::name::WalFileName;
-use sha2::{Digest, Sha256};
+use pgwal::checksum::Sha256;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::TempFile;
@@ -124,5 +124,5 @@ fn copy_hashing(mut src: impl Read, dst: &mut impl Write) -> io::Result<(String,
         dst.write_all(&buf[..n])?;
         total += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((hasher.finish_hex(), total))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pgwal::api::PutResponse;
 use pgwal::name::WalFileName;
-use sha2::{Digest, Sha256};
+use pgwal::checksum::Sha256;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 
@@ -56,5 +56,5 @@ fn hash_file(path: &Path) -> Result<String, Failure> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finish_hex())
 }

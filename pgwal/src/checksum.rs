@@ -1,0 +1,76 @@
+//! SHA-256 of a WAL file's uncompressed bytes: the checksum every stored file carries and every
+//! read re-checks (DESIGN §7.3).
+//!
+//! It wraps `ring`'s implementation because hashing is the largest CPU cost of archiving: on a
+//! CPU without SHA extensions `ring` hashes about twice as fast as the `sha2` crate (measured on
+//! the project's reference machine: 328 MB/s against 166 MB/s, 192 MB/s with `sha2`'s `asm`).
+
+/// An incremental SHA-256.
+#[derive(Clone)]
+pub struct Sha256(ring::digest::Context);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256::new()
+    }
+}
+
+impl Sha256 {
+    pub fn new() -> Sha256 {
+        Sha256(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The 32-byte digest.
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+
+    /// The digest as lowercase hex, the form used in headers, the catalog and listings.
+    pub fn finish_hex(self) -> String {
+        to_hex(&self.finish())
+    }
+}
+
+/// SHA-256 of `data` as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finish_hex()
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xF)] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vectors() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut h = Sha256::new();
+        h.update(b"a");
+        h.update(b"bc");
+        assert_eq!(
+            h.finish_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
