@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use pgwal::checksum::Sha256;
 use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator, ValidationErrorKind};
 use pgwal::segment::SegmentSize;
-use pgwal::checksum::Sha256;
 
 use crate::catalog::{now_rfc3339, Binding, Catalog, CatalogError, WalRow};
 use crate::object_format::{Compressor, Decompressor, Trailer, TRAILER_LEN};

@@ -8,7 +8,6 @@
 //! It is a trailer rather than a header because the checksum is only known once the whole body has
 //! streamed through.
 
-
 /// Total size of the trailer frame.
 pub const TRAILER_LEN: usize = 64;
 /// Skippable frame magic 0x184D2A5E (any of 0x184D2A50..=0x184D2A5F is skippable).

@@ -12,10 +12,10 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
+use pgwal::checksum::Sha256;
 use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator};
 use pgwal::segment::SegmentSize;
-use pgwal::checksum::Sha256;
 
 use crate::archive::{kind_str, parse_object_key, Archive, ArchiveError};
 use crate::catalog::{now_rfc3339, Binding, WalRow};

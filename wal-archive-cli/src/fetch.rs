@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER};
-use pgwal::name::WalFileName;
 use pgwal::checksum::Sha256;
+use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::TempFile;

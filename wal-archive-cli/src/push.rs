@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use pgwal::api::PutResponse;
-use pgwal::name::WalFileName;
 use pgwal::checksum::Sha256;
+use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 
