@@ -58,3 +58,53 @@ pub struct PutResponse {
     pub size: u64,
     pub stored_size: u64,
 }
+
+/// State of a cluster's streaming receiver, as `GET /v1/clusters/{cluster}/receiver` reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReceiverStatus {
+    /// `disabled`, `starting`, `streaming`, `reconnecting` or `stopped`.
+    pub state: String,
+    /// Why it is not streaming (the last error), for `reconnecting`.
+    pub reason: Option<String>,
+    /// What to do about it.
+    pub hint: Option<String>,
+    pub slot: Option<String>,
+    /// True while the receiver holds the slot (streams from it).
+    pub slot_active: bool,
+    pub synchronous: bool,
+    pub timeline: Option<u32>,
+    /// End of the WAL received so far (`X/Y`).
+    pub received_lsn: Option<String>,
+    /// End of the WAL durably stored (reported to PostgreSQL as flushed).
+    pub flushed_lsn: Option<String>,
+    /// The server's WAL end, from its last message.
+    pub server_lsn: Option<String>,
+    /// `server_lsn - flushed_lsn` in bytes.
+    pub lag_bytes: Option<u64>,
+    /// The segment being received, kept durably as `NAME.partial`.
+    pub partial_segment: Option<String>,
+    /// The last segment stored from the stream.
+    pub last_stored: Option<String>,
+    /// RFC 3339 time of the last state change.
+    pub since: String,
+    /// Connection attempts that failed since the last success.
+    pub failed_attempts: u64,
+}
+
+/// One line of `wal-archive check`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckItem {
+    pub name: String,
+    pub ok: bool,
+    /// What was found.
+    pub message: String,
+    /// How to fix it, when failed.
+    pub hint: Option<String>,
+}
+
+/// Answer of `GET /v1/clusters/{cluster}/check`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckReport {
+    pub cluster: String,
+    pub checks: Vec<CheckItem>,
+}

@@ -25,12 +25,16 @@ pub struct AppState {
     pub archive: Archive,
     pub auth: Authorizer,
     pub config: Arc<Config>,
+    /// Streaming receivers by cluster.
+    pub receivers: std::collections::HashMap<String, crate::receiver::SharedStatus>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
+        .route("/v1/clusters/{cluster}/receiver", get(receiver_status))
+        .route("/v1/clusters/{cluster}/check", get(check))
         .route(
             "/v1/clusters/{cluster}/wal/{name}",
             get(get_wal).put(put_wal).head(head_wal),
@@ -258,13 +262,32 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+#[derive(serde::Deserialize, Default)]
+struct GetQuery {
+    /// When the archive has no complete segment of this name, serve the receiver's segment in
+    /// progress (zero-filled after its last durable byte), as point-in-time recovery to the last
+    /// streamed byte needs.
+    #[serde(default)]
+    partial: bool,
+}
+
 async fn get_wal(
     State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<GetQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Fetch)?;
-    let result = get_wal_inner(&state, &cluster, &name, &headers).await;
+    let mut result = get_wal_inner(&state, &cluster, &name, &headers).await;
+    if query.partial {
+        if let Err(e) = &result {
+            if e.status == StatusCode::NOT_FOUND {
+                if let Some(r) = serve_in_progress(&state, &cluster, &name).await {
+                    result = r;
+                }
+            }
+        }
+    }
     if let Err(e) = &result {
         log_failure(&cluster, &name, "get", e);
     }
@@ -396,4 +419,221 @@ async fn list_wal(
         files,
         missing,
     }))
+}
+
+/// The receiver's segment in progress, if it is `name`: its durable prefix, zero-filled to the
+/// segment size. Hashed in a first pass, streamed in a second (the file only grows meanwhile,
+/// and only the durable prefix is read).
+async fn serve_in_progress(
+    state: &AppState,
+    cluster: &str,
+    name: &str,
+) -> Option<Result<Response, ApiError>> {
+    let wal_name: WalFileName = name.parse().ok()?;
+    let WalFileName::Segment { .. } = wal_name else {
+        return None;
+    };
+    let status = state.receivers.get(cluster)?.lock().ok()?.clone();
+    if status.partial_segment.as_deref() != Some(&format!("{name}.partial")) {
+        return None;
+    }
+    let size = pgwal::SegmentSize::new(
+        state
+            .archive
+            .catalog
+            .cluster(cluster)
+            .await
+            .ok()??
+            .segment_size?,
+    )
+    .ok()?;
+    let flushed: pgwal::Lsn = status.flushed_lsn?.parse().ok()?;
+    let start = wal_name.segno(size).map(|n| size.segment_start(n))?;
+    let valid = flushed.0.checked_sub(start.0)?.min(size.bytes());
+    let path = state
+        .config
+        .receiver_dir(cluster)
+        .join(format!("{name}.partial"));
+    let result = async {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(&path).await?;
+        let mut hasher = pgwal::checksum::Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = valid;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = file.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(std::io::Error::other(
+                    "the working file is shorter than its durable prefix",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let zeros = vec![0u8; 64 * 1024];
+        let mut pad = size.bytes() - valid;
+        while pad > 0 {
+            let n = pad.min(zeros.len() as u64) as usize;
+            hasher.update(&zeros[..n]);
+            pad -= n as u64;
+        }
+        let sha = hasher.finish_hex();
+        let file = tokio::fs::File::open(&path).await?.take(valid);
+        let body = tokio_util::io::ReaderStream::new(file).chain(futures::stream::iter(
+            (0..(size.bytes() - valid).div_ceil(65536)).map(move |i| {
+                let n = (size.bytes() - valid - i * 65536).min(65536) as usize;
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; n]))
+            }),
+        ));
+        let mut r = Response::new(Body::from_stream(body));
+        r.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            header_value(&size.bytes().to_string()),
+        );
+        set_file_headers(r.headers_mut(), &sha, size.bytes());
+        r.headers_mut()
+            .insert("x-wal-partial", HeaderValue::from_static("true"));
+        Ok::<_, std::io::Error>(r)
+    }
+    .await;
+    tracing::info!(
+        cluster,
+        file = name,
+        valid,
+        "served the segment in progress"
+    );
+    Some(result.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "partial_unavailable",
+            e.to_string(),
+        )
+    }))
+}
+
+async fn receiver_status(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<pgwal::api::ReceiverStatus>, ApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    Ok(Json(current_receiver(&state, &cluster)))
+}
+
+fn current_receiver(state: &AppState, cluster: &str) -> pgwal::api::ReceiverStatus {
+    match state
+        .receivers
+        .get(cluster)
+        .and_then(|s| s.lock().ok().map(|s| s.clone()))
+    {
+        Some(s) => s,
+        None => pgwal::api::ReceiverStatus {
+            state: "disabled".into(),
+            ..Default::default()
+        },
+    }
+}
+
+async fn check(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<pgwal::api::CheckReport>, ApiError> {
+    use pgwal::api::CheckItem;
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let internal = |e: crate::catalog::CatalogError| ApiError::from(ArchiveError::Catalog(e));
+    let mut checks = vec![CheckItem {
+        name: "server".into(),
+        ok: true,
+        message: "reachable and authorised".into(),
+        hint: None,
+    }];
+    let catalog = &state.archive.catalog;
+    let rows = catalog.list_wal(&cluster).await.map_err(internal)?;
+    let newest = rows
+        .iter()
+        .filter(|r| r.state == "ok" && r.kind == "segment")
+        .max_by(|a, b| a.archived_at.cmp(&b.archived_at));
+    checks.push(match newest {
+        Some(r) => CheckItem {
+            name: "wal archive".into(),
+            ok: true,
+            message: format!("{} files; newest segment {} stored at {}", rows.len(), r.name, r.archived_at),
+            hint: None,
+        },
+        None => CheckItem {
+            name: "wal archive".into(),
+            ok: false,
+            message: "no WAL segment archived yet".into(),
+            hint: Some(format!(
+                "set archive_command = 'wal-archive push --cluster {cluster} %p' or streaming = true"
+            )),
+        },
+    });
+    let missing: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state != "ok")
+        .map(|r| r.name.clone())
+        .collect();
+    checks.push(CheckItem {
+        name: "storage".into(),
+        ok: missing.is_empty(),
+        message: if missing.is_empty() {
+            "every cataloged file has its object".into()
+        } else {
+            format!(
+                "{} cataloged files have no object: {}",
+                missing.len(),
+                missing.join(", ")
+            )
+        },
+        hint: (!missing.is_empty())
+            .then(|| "restore the objects, or push the same files again".into()),
+    });
+    let cfg = state.config.cluster(&cluster);
+    if cfg.streaming {
+        let r = current_receiver(&state, &cluster);
+        let slot = r.slot.clone().unwrap_or_default();
+        checks.push(CheckItem {
+            name: "receiver".into(),
+            ok: r.state == "streaming",
+            message: match &r.reason {
+                Some(reason) => format!("{} since {}: {reason}", r.state, r.since),
+                None => format!(
+                    "{} since {} (timeline {})",
+                    r.state,
+                    r.since,
+                    r.timeline.map_or("?".into(), |t| t.to_string())
+                ),
+            },
+            hint: r.hint.clone(),
+        });
+        checks.push(CheckItem {
+            name: "replication slot".into(),
+            ok: r.slot_active,
+            message: format!("slot {slot} {}", if r.slot_active { "active" } else { "not in use by the receiver" }),
+            hint: (!r.slot_active).then(|| "see the receiver line above; the slot retains WAL on the primary until the receiver streams again".into()),
+        });
+        let max = cfg
+            .max_lag_bytes
+            .unwrap_or(crate::config::DEFAULT_MAX_LAG_BYTES);
+        let lag_ok = r.lag_bytes.is_some_and(|l| l <= max);
+        checks.push(CheckItem {
+            name: "receiver lag".into(),
+            ok: lag_ok,
+            message: match r.lag_bytes {
+                Some(l) => format!(
+                    "{l} bytes behind the server (flushed {}, server {})",
+                    r.flushed_lsn.unwrap_or_default(),
+                    r.server_lsn.unwrap_or_default()
+                ),
+                None => "unknown: nothing received yet".into(),
+            },
+            hint: (!lag_ok).then(|| {
+                format!("lag above {max} bytes: check the receiver and the archive's disk")
+            }),
+        });
+    }
+    Ok(Json(pgwal::api::CheckReport { cluster, checks }))
 }

@@ -85,9 +85,24 @@ pub struct TokenConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub conninfo: Option<String>,
+    /// Password for `conninfo` when it has none (like `PGPASSWORD`); a `.pgpass` file is
+    /// consulted after it.
+    pub password: Option<String>,
     #[serde(default)]
     pub streaming: bool,
+    /// Replication slot of the receiver (default `wal_archive`).
     pub slot: Option<String>,
+    /// Report flush after every write batch, so the archive can be a synchronous standby.
+    #[serde(default)]
+    pub synchronous: bool,
+    /// `application_name` of the receiver's connection, the name to use in
+    /// `synchronous_standby_names` (default `wal_archive`).
+    pub application_name: Option<String>,
+    /// Lag of the receiver, in bytes, above which `check` fails (default 64 MiB).
+    pub max_lag_bytes: Option<u64>,
+    /// Longest wait between two reconnection attempts of the receiver, in seconds (default 30;
+    /// the wait doubles from 1 s up to this).
+    pub reconnect_max_delay: Option<u64>,
     pub backup_schedule: Option<String>,
     pub retention: Option<String>,
     #[serde(default = "default_minimum_redundancy")]
@@ -96,12 +111,21 @@ pub struct ClusterConfig {
     pub compression_level: i32,
 }
 
+pub const DEFAULT_SLOT: &str = "wal_archive";
+pub const DEFAULT_APPLICATION_NAME: &str = "wal_archive";
+pub const DEFAULT_MAX_LAG_BYTES: u64 = 64 << 20;
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             conninfo: None,
+            password: None,
             streaming: false,
             slot: None,
+            synchronous: false,
+            application_name: None,
+            max_lag_bytes: None,
+            reconnect_max_delay: None,
             backup_schedule: None,
             retention: None,
             minimum_redundancy: default_minimum_redundancy(),
@@ -197,6 +221,23 @@ impl Config {
         }
         for (name, c) in &file.clusters {
             validate_cluster_name(name).map_err(ConfigError::Invalid)?;
+            if c.streaming && c.conninfo.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "clusters.{name}.streaming = true needs clusters.{name}.conninfo"
+                )));
+            }
+            if let Some(slot) = &c.slot {
+                let ok = !slot.is_empty()
+                    && slot.len() <= 63
+                    && slot
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "clusters.{name}.slot = {slot:?}: a slot name is 1 to 63 lowercase letters, digits or '_'"
+                    )));
+                }
+            }
             if !(1..=22).contains(&c.compression_level) {
                 return Err(ConfigError::Invalid(format!(
                     "clusters.{name}.compression_level = {} is outside zstd's 1..=22",
@@ -237,6 +278,11 @@ impl Config {
 
     pub fn storage_dir(&self) -> PathBuf {
         self.data_dir.join("storage")
+    }
+
+    /// Working directory of a cluster's streaming receiver.
+    pub fn receiver_dir(&self, cluster: &str) -> PathBuf {
+        self.data_dir.join("receiver").join(cluster)
     }
 
     pub fn catalog_path(&self) -> PathBuf {

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod durability;
 pub mod object_format;
+pub mod receiver;
 pub mod reconcile;
 pub mod storage;
 pub mod tls;
@@ -67,14 +68,47 @@ pub async fn open(
     Ok((archive, lock))
 }
 
+/// Starts one receiver task per cluster with `streaming = true`; returns their shared statuses
+/// and join handles. They stop when `shutdown` turns true.
+pub fn start_receivers(
+    config: &Config,
+    archive: &Archive,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> (
+    std::collections::HashMap<String, receiver::SharedStatus>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let mut statuses = std::collections::HashMap::new();
+    let mut tasks = Vec::new();
+    for (name, cluster) in &config.clusters {
+        if !cluster.streaming {
+            continue;
+        }
+        let status = receiver::SharedStatus::default();
+        let r = receiver::Receiver {
+            cluster: name.clone(),
+            config: cluster.clone(),
+            archive: archive.clone(),
+            work_dir: config.receiver_dir(name),
+            status: status.clone(),
+        };
+        tasks.push(tokio::spawn(r.run(shutdown.clone())));
+        statuses.insert(name.clone(), status);
+    }
+    (statuses, tasks)
+}
+
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (archive, _lock) = open(&config, None).await?;
     let config = Arc::new(config);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (receivers, receiver_tasks) = start_receivers(&config, &archive, &stop_rx);
     let state = Arc::new(AppState {
         archive,
         auth: Authorizer::new(&config.tokens),
         config: config.clone(),
+        receivers,
     });
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(t)?),
@@ -100,6 +134,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving HTTP")?,
+    }
+    let _ = stop_tx.send(true);
+    for t in receiver_tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
     }
     tracing::info!("wal-archive-server stopped");
     Ok(())

@@ -57,6 +57,7 @@ async fn env_in(dir: tempfile::TempDir) -> Env {
         archive,
         auth: Authorizer::new(&[]),
         config: Arc::new(config.clone()),
+        receivers: Default::default(),
     });
     Env {
         dir,

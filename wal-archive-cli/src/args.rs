@@ -62,6 +62,14 @@ pub enum Command {
         #[arg(long)]
         pgdata: Option<PathBuf>,
     },
+    /// Check the archive of a cluster: one line per check, OK or FAILED with the fix.
+    Check {
+        #[arg(long)]
+        cluster: String,
+        /// Nagios plugin output and exit codes (0 OK, 2 CRITICAL, 3 UNKNOWN).
+        #[arg(long)]
+        nagios: bool,
+    },
     /// Show the archive's timelines, contiguous WAL ranges and gaps.
     Wal {
         #[arg(long)]

@@ -49,11 +49,19 @@ pub fn fetch(
     walname: &str,
     dest: &Path,
     window: Duration,
+    allow_partial: bool,
 ) -> Result<Outcome, Failure> {
     let name: WalFileName = walname
         .parse()
         .map_err(|e| Failure::Fatal(format!("{walname:?} is not a WAL file name: {e}")))?;
-    let url_path = format!("/v1/clusters/{cluster}/wal/{name}");
+    // In archive recovery the segment being streamed may be served zero-filled after its last
+    // durable byte, so that recovery can reach the last streamed byte; a standby streams that
+    // part from its primary instead.
+    let url_path = if allow_partial {
+        format!("/v1/clusters/{cluster}/wal/{name}?partial=true")
+    } else {
+        format!("/v1/clusters/{cluster}/wal/{name}")
+    };
     with_retries(window, &format!("fetch {name}"), || {
         let resp = client.get(&url_path, true)?;
         match resp.status().as_u16() {

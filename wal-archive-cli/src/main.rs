@@ -2,6 +2,7 @@
 //! exit codes, which PostgreSQL acts on (DESIGN §4).
 
 mod args;
+mod check;
 mod client;
 mod durable;
 mod fetch;
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
                 .settings
                 .retry_for
                 .unwrap_or_else(|| fetch::default_retry(standby));
-            match fetch::fetch(&client, &cluster, &walname, &dest, window) {
+            match fetch::fetch(&client, &cluster, &walname, &dest, window, !standby) {
                 Ok(fetch::Outcome::Restored { size }) => {
                     if json {
                         print_json(&serde_json::json!({ "name": walname, "size": size }));
@@ -83,6 +84,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check { cluster, nagios } => check::run(&client, &cluster, json, nagios),
         Command::Wal { cluster } => match wal::report(&client, &cluster) {
             Ok(r) => {
                 if json {
