@@ -108,3 +108,105 @@ pub struct CheckReport {
     pub cluster: String,
     pub checks: Vec<CheckItem>,
 }
+
+/// `POST /v1/clusters/{cluster}/backups` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupRequest {
+    /// `fast` (default) or `spread` checkpoint at the start of the backup.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+}
+
+/// A tablespace of a backup.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupTablespace {
+    pub oid: u32,
+    /// The tablespace's name when it could be looked up.
+    pub name: Option<String>,
+    /// Its location on the backed-up server.
+    pub location: String,
+}
+
+/// One base backup, as listed and shown.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Sortable timestamp id, e.g. `20261121T223000`.
+    pub id: String,
+    pub cluster: String,
+    /// `running`, `waiting_for_wal`, `done` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    pub system_identifier: Option<String>,
+    pub timeline: Option<u32>,
+    pub begin_lsn: Option<String>,
+    pub end_lsn: Option<String>,
+    pub begin_wal: Option<String>,
+    pub end_wal: Option<String>,
+    /// RFC 3339.
+    pub begin_time: String,
+    pub end_time: Option<String>,
+    /// `server_version` of PostgreSQL, e.g. `15.18`.
+    pub pg_version: Option<String>,
+    /// Bytes of the database files (uncompressed).
+    pub size_bytes: u64,
+    /// Bytes this backup added to storage (compressed, after deduplication).
+    pub stored_bytes: u64,
+    /// Bytes of files already stored by earlier backups, referenced instead of stored.
+    pub deduplicated_bytes: u64,
+    pub file_count: u64,
+    pub tablespaces: Vec<BackupTablespace>,
+    pub keep: bool,
+    /// Progress while running: bytes received so far and the server's estimate of the total.
+    pub progress_bytes: u64,
+    pub estimated_bytes: Option<u64>,
+    /// Retention classification (`valid`, `obsolete`, `kept`), when a policy applies.
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+/// One entry of a backup, as `restore` needs it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupFile {
+    /// `None` for the main data directory, else the tablespace's OID.
+    pub tablespace_oid: Option<u32>,
+    /// Path inside the data directory or tablespace, `/`-separated, relative.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content (files only); also the blob's name.
+    pub sha256: Option<String>,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Unix time of last modification.
+    pub mtime: i64,
+    /// For symlinks.
+    pub link_target: Option<String>,
+}
+
+/// `GET /v1/clusters/{cluster}/backups/{id}/files`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupFiles {
+    pub id: String,
+    pub files: Vec<BackupFile>,
+}
+
+/// `POST /v1/clusters/{cluster}/backups/{id}/verify`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub id: String,
+    pub ok: bool,
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+    /// Each problem found, in words that name the file or WAL segment.
+    pub problems: Vec<String>,
+    /// WAL gaps after the backup's end (not fatal for restoring to its end).
+    pub wal_gaps_after: Vec<String>,
+}
+
+/// `POST /v1/clusters/{cluster}/backups/{id}/keep` body.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeepRequest {
+    pub keep: bool,
+}
