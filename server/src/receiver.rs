@@ -246,18 +246,18 @@ impl Receiver {
             );
         }
 
+        let mut fell_back = false;
         loop {
+            // The server reports WAL it no longer has once streaming has begun (SQLSTATE 58P01,
+            // "requested WAL segment has already been removed"). When we asked for the archive's
+            // end, before the slot's position, that is a hole the receiver cannot fill: say so
+            // loudly and continue from the slot.
+            let gone = |e: &ReplError| e.sqlstate() == Some("58P01");
             let stream = match conn.start_physical(Some(&slot), start, timeline).await {
                 Ok(stream) => stream,
-                // The archive's end is older than what the server keeps: there is a hole the
-                // receiver cannot fill. Say so loudly and continue from the slot.
-                Err(e) if start < slot_start && e.sqlstate() == Some("58P01") => {
-                    tracing::error!(
-                        cluster = %self.cluster, from = %start, to = %slot_start,
-                        "receiver: the server no longer has the WAL after the archive's end ({e}); \
-                         the archive has a gap there unless archive_command filled it"
-                    );
-                    start = slot_start;
+                Err(e) if start < slot_start && !fell_back && gone(&e) => {
+                    self.log_hole(start, slot_start, &e);
+                    (start, fell_back) = (slot_start, true);
                     timeline =
                         pgwal::history::timeline_of_point(start, &spans).unwrap_or(system.timeline);
                     conn = ReplicationConnection::connect(&self.conninfo()?).await?;
@@ -274,7 +274,18 @@ impl Receiver {
                 s.timeline = Some(timeline);
                 s.failed_attempts = 0;
             });
-            let (next, c) = self.stream_timeline(stream, start, timeline, size).await?;
+            let (next, c) = match self.stream_timeline(stream, start, timeline, size).await {
+                Ok(v) => v,
+                Err(ReceiverError::Repl(e)) if start < slot_start && !fell_back && gone(&e) => {
+                    self.log_hole(start, slot_start, &e);
+                    (start, fell_back) = (slot_start, true);
+                    timeline =
+                        pgwal::history::timeline_of_point(start, &spans).unwrap_or(system.timeline);
+                    conn = ReplicationConnection::connect(&self.conninfo()?).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             conn = c;
             let Some((next_tli, next_start)) = next else {
                 return Err(ReceiverError::Protocol(
@@ -289,6 +300,14 @@ impl Receiver {
             timeline = next_tli;
             start = size.segment_start(size.segno_of(next_start));
         }
+    }
+
+    fn log_hole(&self, from: Lsn, to: Lsn, e: &ReplError) {
+        tracing::error!(
+            cluster = %self.cluster, from = %from, to = %to,
+            "receiver: the server no longer has the WAL after the archive's end ({e}); the \
+             archive has a gap there unless archive_command fills it; continuing from the slot"
+        );
     }
 
     /// Streams one timeline until the server ends it; returns the next timeline and the
