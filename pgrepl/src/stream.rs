@@ -191,6 +191,18 @@ impl ReplicationStream {
                     }
                     b'N' => log_notice(&msg),
                     b'S' => {}
+                    // A walsender shutting down (smart or fast shutdown of PostgreSQL) ends the
+                    // COPY with CommandComplete without CopyDone (`WalSndDone` in walsender.c):
+                    // the stream ended, nothing is wrong with either side; reconnect later.
+                    b'C' => {
+                        return Err(ReplError::lost(
+                            "streaming",
+                            std::io::Error::new(
+                                std::io::ErrorKind::ConnectionAborted,
+                                "PostgreSQL ended streaming (the server is shutting down)",
+                            ),
+                        ));
+                    }
                     other => {
                         return Err(ReplError::protocol(format!(
                             "unexpected message {:?} during streaming",

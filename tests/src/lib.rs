@@ -19,7 +19,14 @@
 //! - `crash.rs`: `kill -9` of the server during pushes and mid-upload loses and exposes nothing.
 //! - `corruption.rs`: a stored object that fails its checksum is never served.
 //! - `wal_listing.rs`: `wal-archive wal` ranges and gaps, including after reconciliation.
+//! - `streaming.rs`: acceptance scenario 2, WAL pulled through the server's replication slot
+//!   (kill -9, primary restart and shutdown, pg_receivewal as oracle, failover and promotion of
+//!   the standby streamed from, synchronous mode, the segment in progress served to recovery).
+//! - `streaming_errors.rs`: what a DBA gets wrong on the PostgreSQL side (REPLICATION attribute,
+//!   pg_hba.conf, a busy slot, max_replication_slots, the password): reported by the receiver
+//!   status, `check` and the log, and healed without restarting the server once fixed.
 
+pub mod background;
 pub mod cli;
 pub mod factory;
 pub mod http;
@@ -29,6 +36,7 @@ pub mod testdir;
 pub mod util;
 pub mod wal;
 
+pub use background::Background;
 pub use cli::Cli;
 pub use factory::WalFactory;
 pub use http::{Api, Response};
@@ -92,6 +100,31 @@ fn spaced(extra: &str) -> String {
 
 fn server_cli_bin(server: &Server) -> anyhow::Result<std::path::PathBuf> {
     Ok(server.cli()?.bin().to_path_buf())
+}
+
+/// A server configuration with one cluster `cluster` that streams from `conninfo` and retries
+/// every second at most (`reconnect_max_delay = 1`); `extra` adds lines to the cluster's section
+/// (`synchronous = true`, `password = "..."`, ...).
+pub fn streaming_config(cluster: &str, conninfo: &str, extra: &str) -> String {
+    format!(
+        "[clusters.{cluster}]\nconninfo = {}\nstreaming = true\nreconnect_max_delay = 1\n{extra}\n",
+        toml_string(conninfo)
+    )
+}
+
+/// `text` as a TOML basic string.
+pub fn toml_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `count(*)`, `sum(id)` and an md5 of every row of `table` ordered by `id`: equal on two clusters

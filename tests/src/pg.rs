@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::testdir::{give_to_pg, pg_command, TestDir, PG_BIN, PSQL};
+use crate::background::Background;
+use crate::testdir::{give_to_pg, pg_command, pg_user, PgUser, TestDir, PG_BIN, PSQL};
 use crate::util::{free_port, run_ok, run_with_deadline, tail_file, wait_until};
 use crate::wal::{is_segment_name, parse_lsn, SEG_SIZE};
 
@@ -323,12 +324,17 @@ impl Pg {
         )
     }
 
-    fn try_psql(&self, sql: &str) -> Result<String> {
+    fn psql_command(&self, sql: &str) -> Result<Command> {
         let mut cmd = pg_command(PSQL)?;
         cmd.current_dir(self.sock.parent().unwrap_or(&self.sock))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.sock)
             .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql]);
+        Ok(cmd)
+    }
+
+    fn try_psql(&self, sql: &str) -> Result<String> {
+        let mut cmd = self.psql_command(sql)?;
         let out = run_with_deadline(&mut cmd, PG_COMMAND_TIMEOUT)?;
         if !out.success() {
             bail!(
@@ -344,6 +350,114 @@ impl Pg {
     /// final newline. Fails with psql's stderr when the statement fails.
     pub fn psql(&self, sql: &str) -> Result<String> {
         self.try_psql(sql)
+    }
+
+    /// Runs `sql` with psql (as [`Pg::psql`]) in the background, its output in `log`: for a
+    /// statement that is expected to wait, such as a commit waiting for a synchronous standby.
+    pub fn psql_background(&self, sql: &str, log: &Path) -> Result<Background> {
+        let mut cmd = self.psql_command(sql)?;
+        Background::spawn(
+            &mut cmd,
+            &format!("psql on {} running {sql:?}", self.name),
+            log,
+        )
+    }
+
+    /// The role the harness connects as: the bootstrap superuser, which initdb names after the
+    /// OS user that ran it.
+    pub fn superuser(&self) -> Result<String> {
+        match pg_user()? {
+            PgUser::Postgres { .. } => Ok("postgres".to_string()),
+            PgUser::Myself => {
+                let name = run_ok(Command::new("id").arg("-un"), Duration::from_secs(10))?;
+                Ok(name.trim().to_string())
+            }
+        }
+    }
+
+    /// A libpq conninfo that reaches this cluster over its Unix socket as the superuser:
+    /// `host=SOCKET_DIR port=PORT user=postgres`.
+    pub fn conninfo(&self) -> Result<String> {
+        Ok(format!(
+            "host={} port={} user={}",
+            self.sock.display(),
+            self.port,
+            self.superuser()?
+        ))
+    }
+
+    /// A client tool of [`PG_BIN`] (`pgbench`, `pg_receivewal`, ...) run as the PostgreSQL OS user
+    /// and pointed at this cluster's socket (`-h SOCKET_DIR -p PORT`); add its own arguments.
+    pub fn client_command(&self, tool: &str) -> Result<Command> {
+        let mut cmd = pg_command(Path::new(PG_BIN).join(tool))?;
+        cmd.current_dir(self.sock.parent().unwrap_or(&self.sock))
+            .arg("-h")
+            .arg(&self.sock)
+            .args(["-p", &self.port.to_string()]);
+        Ok(cmd)
+    }
+
+    /// `pgbench ARGS postgres`, failing unless it exits 0 within `timeout`; returns its output.
+    pub fn pgbench(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        let mut cmd = self.client_command("pgbench")?;
+        cmd.args(args).arg("postgres");
+        run_ok(&mut cmd, timeout).with_context(|| format!("pgbench on {}", self.name))
+    }
+
+    /// `pg_receivewal --create-slot -S SLOT`: a physical slot that reserves WAL from now on.
+    pub fn receivewal_create_slot(&self, slot: &str) -> Result<()> {
+        let mut cmd = self.client_command("pg_receivewal")?;
+        cmd.args(["--create-slot", "-S", slot]);
+        run_ok(&mut cmd, PG_COMMAND_TIMEOUT)
+            .with_context(|| format!("creating slot {slot} on {}", self.name))?;
+        Ok(())
+    }
+
+    /// `pg_receivewal -D DEST -S SLOT` in the background (it reconnects every 5 s by itself when
+    /// the connection is lost), its output in `log`. `dest` must belong to the PostgreSQL user
+    /// ([`TestDir::pg_subdir`]).
+    pub fn pg_receivewal(&self, dest: &Path, slot: &str, log: &Path) -> Result<Background> {
+        let mut cmd = self.client_command("pg_receivewal")?;
+        cmd.arg("-D")
+            .arg(dest)
+            .args(["-S", slot, "--no-sync", "-v"]);
+        Background::spawn(
+            &mut cmd,
+            &format!("pg_receivewal from {} slot {slot}", self.name),
+            log,
+        )
+    }
+
+    /// `select pg_reload_conf()`: postgresql.conf and pg_hba.conf are read again.
+    pub fn reload(&self) -> Result<()> {
+        self.psql("select pg_reload_conf()").map(|_| ())
+    }
+
+    fn hba_path(&self) -> PathBuf {
+        self.data.join("pg_hba.conf")
+    }
+
+    /// Puts `line` first in pg_hba.conf (before initdb's `trust` lines, so it wins). Takes effect
+    /// at the next [`Pg::reload`] or start.
+    pub fn hba_prepend(&self, line: &str) -> Result<()> {
+        let path = self.hba_path();
+        let old = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(&path, format!("{line}\n{old}"))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Removes every line equal to `line` from pg_hba.conf (see [`Pg::hba_prepend`]).
+    pub fn hba_remove(&self, line: &str) -> Result<()> {
+        let path = self.hba_path();
+        let old = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let kept: Vec<&str> = old.lines().filter(|l| l.trim() != line.trim()).collect();
+        if kept.len() == old.lines().count() {
+            bail!("pg_hba.conf of {} has no line {line:?}", self.name);
+        }
+        std::fs::write(&path, kept.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// `pg_is_in_recovery()`.

@@ -117,6 +117,53 @@ impl Server {
         Ok(())
     }
 
+    /// Replaces the configuration file (or gives the server one) with `config`; it is read at
+    /// the next [`Server::start_again`]. For a restart with another configuration: `stop()`,
+    /// `set_config(..)`, `start_again()`.
+    pub fn set_config(&mut self, config: &str) -> Result<()> {
+        let path = self.dir.path().join("server").join("server.toml");
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        self.config = Some(path);
+        Ok(())
+    }
+
+    /// `GET /v1/clusters/{cluster}/receiver`: the streaming receiver's state as JSON.
+    pub fn receiver(&self, cluster: &str) -> Result<serde_json::Value> {
+        let resp = self
+            .api()
+            .get(&format!("/v1/clusters/{cluster}/receiver"), None)?;
+        if resp.status != 200 {
+            bail!("receiver status of cluster {cluster}: {}", resp.short());
+        }
+        resp.json()
+    }
+
+    /// Polls the receiver of `cluster` until `condition` holds for its state (see
+    /// [`Server::receiver`]); returns that state. On timeout the error shows the last state and
+    /// the end of the server log.
+    pub fn wait_receiver(
+        &self,
+        cluster: &str,
+        what: &str,
+        deadline: Duration,
+        mut condition: impl FnMut(&serde_json::Value) -> Result<bool>,
+    ) -> Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
+        let result = wait_until(deadline, what, || {
+            last = self.receiver(cluster)?;
+            condition(&last)
+        });
+        match result {
+            Ok(()) => Ok(last),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "last receiver state: {last}\n--- server log (tail) ---\n{}",
+                    self.log_tail()
+                )
+            }),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
