@@ -323,17 +323,19 @@ impl Receiver {
         let mut last_flush = Instant::now();
         let mut server_lsn = start;
         loop {
-            let wait = if self.config.synchronous && writer.unflushed() {
+            // How long to wait for the next message before flushing and reporting anyway:
+            // synchronous mode takes only what is already buffered (one poll), so a commit
+            // waits for one write + fsync and no timer; otherwise unflushed bytes are made
+            // durable within FLUSH_INTERVAL even when the stream goes quiet, and an idle
+            // stream still reports every STATUS_INTERVAL.
+            let wait = if !writer.unflushed() {
+                STATUS_INTERVAL
+            } else if self.config.synchronous {
                 Duration::ZERO
             } else {
-                STATUS_INTERVAL
+                FLUSH_INTERVAL.saturating_sub(last_flush.elapsed())
             };
-            let event = if wait.is_zero() {
-                // Synchronous mode: take what is already buffered, else flush now.
-                stream.next(Duration::from_millis(1)).await?
-            } else {
-                stream.next(wait).await?
-            };
+            let event = stream.next(wait).await?;
             match event {
                 Some(StreamEvent::XLogData { start, data, .. }) => {
                     let completed = writer.write(start, &data).await?;
