@@ -102,6 +102,15 @@ impl std::fmt::Debug for ReplicationConnection {
     }
 }
 
+/// What kind of session the startup message asks for.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Mode {
+    /// `replication=true`: a physical walsender.
+    Replication,
+    /// An ordinary backend.
+    Database,
+}
+
 /// Whether to send SSLRequest on this attempt.
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum TlsAttempt {
@@ -112,13 +121,26 @@ enum TlsAttempt {
 impl ReplicationConnection {
     /// Connects and authenticates, all within `info.connect_timeout`.
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConnection, ReplError> {
+        Self::connect_mode(info, Mode::Replication).await
+    }
+
+    /// An ordinary (non-replication) session for catalog look-ups that a walsender refuses,
+    /// such as `SELECT oid, spcname FROM pg_tablespace`. Same authentication and timeouts; only
+    /// [`ReplicationConnection::query`] is meant to be used on it. Without a dbname in the
+    /// conninfo it connects to `postgres` (libpq would use the user name, which is rarely a
+    /// database on a server a backup role logs into).
+    pub async fn connect_database(info: &ConnInfo) -> Result<ReplicationConnection, ReplError> {
+        Self::connect_mode(info, Mode::Database).await
+    }
+
+    async fn connect_mode(info: &ConnInfo, mode: Mode) -> Result<ReplicationConnection, ReplError> {
         let target = info.target();
         let attempt = async {
             let first = match info.sslmode {
                 SslMode::Disable | SslMode::Allow => TlsAttempt::Never,
                 _ => TlsAttempt::Try,
             };
-            match Self::connect_once(info, &target, first).await {
+            match Self::connect_once(info, &target, first, mode).await {
                 // sslmode=allow: "first try a non-SSL connection; if that fails, try an SSL
                 // connection" — typically a pg_hba.conf with only hostssl lines.
                 Err(e)
@@ -126,7 +148,7 @@ impl ReplicationConnection {
                         && !info.is_unix_socket()
                         && e.sqlstate() == Some(SQLSTATE_INVALID_AUTHORIZATION) =>
                 {
-                    Self::connect_once(info, &target, TlsAttempt::Try).await
+                    Self::connect_once(info, &target, TlsAttempt::Try, mode).await
                 }
                 other => other,
             }
@@ -144,6 +166,7 @@ impl ReplicationConnection {
         info: &ConnInfo,
         target: &str,
         tls: TlsAttempt,
+        mode: Mode,
     ) -> Result<ReplicationConnection, ReplError> {
         let connect_err = |source| ReplError::Connect {
             target: target.to_string(),
@@ -191,7 +214,7 @@ impl ReplicationConnection {
             backend_pid: 0,
             encrypted,
         };
-        conn.startup(info, client_addr).await?;
+        conn.startup(info, client_addr, mode).await?;
         Ok(conn)
     }
 
@@ -200,13 +223,22 @@ impl ReplicationConnection {
         &mut self,
         info: &ConnInfo,
         client_addr: Option<IpAddr>,
+        mode: Mode,
     ) -> Result<(), ReplError> {
         // "Message Formats", StartupMessage: protocol 3.0 and name/value pairs.
         // `replication=true` makes the backend a physical walsender (section "Streaming
         // Replication Protocol"); `database` is only sent when a dbname was given.
-        let mut params: Vec<(&str, &str)> = vec![("user", &info.user), ("replication", "true")];
-        if let Some(db) = &info.dbname {
-            params.push(("database", db));
+        let mut params: Vec<(&str, &str)> = vec![("user", &info.user)];
+        match mode {
+            Mode::Replication => {
+                params.push(("replication", "true"));
+                if let Some(db) = &info.dbname {
+                    params.push(("database", db));
+                }
+            }
+            Mode::Database => {
+                params.push(("database", info.dbname.as_deref().unwrap_or("postgres")));
+            }
         }
         if let Some(app) = &info.application_name {
             params.push(("application_name", app));

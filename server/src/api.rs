@@ -27,11 +27,14 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Streaming receivers by cluster.
     pub receivers: std::collections::HashMap<String, crate::receiver::SharedStatus>,
+    /// Backups in progress and the per-cluster blob lock.
+    pub backups: crate::backup::Backups,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
         .route("/v1/clusters/{cluster}/receiver", get(receiver_status))
         .route("/v1/clusters/{cluster}/check", get(check))
@@ -39,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/clusters/{cluster}/wal/{name}",
             get(get_wal).put(put_wal).head(head_wal),
         )
+        .merge(crate::api_backup::routes())
         .with_state(state)
 }
 
@@ -114,6 +118,53 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Prometheus text format. Open like `/healthz`: it names clusters and WAL files, never data.
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let Some(handle) = crate::metrics::handle() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder is installed in this process",
+        ));
+    };
+    let stats = state
+        .archive
+        .catalog
+        .wal_stats()
+        .await
+        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?;
+    let mut clusters: std::collections::BTreeSet<String> =
+        stats.iter().map(|s| s.cluster.clone()).collect();
+    clusters.extend(state.receivers.keys().cloned());
+    for cluster in &clusters {
+        let s = stats.iter().find(|s| &s.cluster == cluster);
+        let receiver = state
+            .receivers
+            .get(cluster)
+            .and_then(|r| r.lock().ok().map(|r| r.clone()));
+        let last_at = s
+            .and_then(|s| s.last_archived_at.as_deref())
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64());
+        crate::metrics::set_cluster_gauges(&crate::metrics::ClusterGauges {
+            cluster,
+            wal_files: s.map_or(0, |s| s.files),
+            wal_bytes: s.map_or(0, |s| s.bytes),
+            stored_bytes: s.map_or(0, |s| s.stored_bytes),
+            last_archived: s.and_then(|s| s.last_segment.as_deref()).zip(last_at),
+            receiver_lag_bytes: receiver.as_ref().and_then(|r| r.lag_bytes),
+            receiver_streaming: receiver.as_ref().map(|r| r.state == "streaming"),
+        });
+    }
+    let mut r = handle.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}
+
 fn authorize(
     state: &AppState,
     headers: &HeaderMap,
@@ -179,7 +230,12 @@ async fn put_wal(
     body: Body,
 ) -> Result<Response, ApiError> {
     let token = authorize(&state, &headers, &cluster, Operation::Push)?;
+    let started = std::time::Instant::now();
     let result = put_wal_inner(&state, &cluster, &name, &headers, body).await;
+    match &result {
+        Ok((_, r)) => crate::metrics::record_push(&cluster, &r.outcome, r.size, started.elapsed()),
+        Err(e) => crate::metrics::record_push(&cluster, e.kind, 0, started.elapsed()),
+    }
     match &result {
         Ok((status, r)) => tracing::info!(
             cluster, file = %name, token = token.as_deref().unwrap_or("-"),
@@ -278,6 +334,7 @@ async fn get_wal(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Fetch)?;
+    let started = std::time::Instant::now();
     let mut result = get_wal_inner(&state, &cluster, &name, &headers).await;
     if query.partial {
         if let Err(e) = &result {
@@ -288,8 +345,25 @@ async fn get_wal(
             }
         }
     }
-    if let Err(e) = &result {
-        log_failure(&cluster, &name, "get", e);
+    match &result {
+        Ok(r) => {
+            let size = r
+                .headers()
+                .get(CONTENT_SIZE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            crate::metrics::record_fetch(&cluster, "served", size, started.elapsed());
+        }
+        Err(e) => {
+            let outcome = if e.status == StatusCode::NOT_FOUND {
+                "not_found"
+            } else {
+                e.kind
+            };
+            crate::metrics::record_fetch(&cluster, outcome, 0, started.elapsed());
+            log_failure(&cluster, &name, "get", e);
+        }
     }
     result
 }

@@ -44,6 +44,17 @@ pub struct WalRow {
     pub state: String,
 }
 
+/// Aggregates of one cluster's WAL catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalStats {
+    pub cluster: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    pub last_segment: Option<String>,
+    pub last_archived_at: Option<String>,
+}
+
 /// Result of binding a cluster to a system identifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Binding {
@@ -62,9 +73,10 @@ pub struct Catalog {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../migrations/0001_initial.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_initial.sql")),
+        M::up(include_str!("../../migrations/0002_backups.sql")),
+    ])
 }
 
 impl Catalog {
@@ -190,6 +202,32 @@ impl Catalog {
         self.call(move |c| {
             let mut stmt = c.prepare(WAL_SELECT)?;
             let rows = stmt.query_map([], wal_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Per cluster: files, bytes, stored bytes, and the newest archived segment with its time.
+    pub async fn wal_stats(&self) -> Result<Vec<WalStats>, CatalogError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT cluster, count(*), coalesce(sum(size), 0), coalesce(sum(stored_size), 0),
+                        (SELECT name FROM wal_files w2 WHERE w2.cluster = w.cluster
+                           AND w2.kind = 'segment' ORDER BY archived_at DESC, name DESC LIMIT 1),
+                        (SELECT max(archived_at) FROM wal_files w3 WHERE w3.cluster = w.cluster
+                           AND w3.kind = 'segment')
+                 FROM wal_files w WHERE state = 'ok' GROUP BY cluster",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(WalStats {
+                    cluster: r.get(0)?,
+                    files: r.get(1)?,
+                    bytes: r.get(2)?,
+                    stored_bytes: r.get(3)?,
+                    last_segment: r.get(4)?,
+                    last_archived_at: r.get(5)?,
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

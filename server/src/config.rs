@@ -109,7 +109,12 @@ pub struct ClusterConfig {
     pub minimum_redundancy: u32,
     #[serde(default = "default_compression_level")]
     pub compression_level: i32,
+    /// Seconds a finished backup waits for its WAL to be archived before it fails
+    /// (default [`DEFAULT_BACKUP_WAL_TIMEOUT`]).
+    pub backup_wal_timeout: Option<u64>,
 }
+
+pub const DEFAULT_BACKUP_WAL_TIMEOUT: u64 = 300;
 
 pub const DEFAULT_SLOT: &str = "wal_archive";
 pub const DEFAULT_APPLICATION_NAME: &str = "wal_archive";
@@ -130,6 +135,7 @@ impl Default for ClusterConfig {
             retention: None,
             minimum_redundancy: default_minimum_redundancy(),
             compression_level: default_compression_level(),
+            backup_wal_timeout: None,
         }
     }
 }

@@ -4,11 +4,14 @@
 //! reconciles them, then serves [`api::router`] until SIGTERM/SIGINT.
 
 pub mod api;
+pub mod api_backup;
 pub mod archive;
 pub mod auth;
+pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod durability;
+pub mod metrics;
 pub mod object_format;
 pub mod receiver;
 pub mod reconcile;
@@ -65,6 +68,9 @@ pub async fn open(
     reconcile::reconcile(&archive)
         .await
         .context("reconciling storage with the catalog")?;
+    backup::startup(&archive)
+        .await
+        .context("failing interrupted backups and removing their objects")?;
     Ok((archive, lock))
 }
 
@@ -109,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth: Authorizer::new(&config.tokens),
         config: config.clone(),
         receivers,
+        backups: Default::default(),
     });
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(t)?),

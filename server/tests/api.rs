@@ -58,6 +58,7 @@ async fn env_in(dir: tempfile::TempDir) -> Env {
         auth: Authorizer::new(&[]),
         config: Arc::new(config.clone()),
         receivers: Default::default(),
+        backups: Default::default(),
     });
     Env {
         dir,
@@ -580,4 +581,147 @@ async fn second_server_on_one_data_dir_is_refused() {
         Err(e) => e,
     };
     assert!(err.to_string().contains("already using"), "{err}");
+}
+
+async fn put_to(env: &Env, cluster: &str, name: &str, body: Vec<u8>) -> Reply {
+    let req = Request::put(format!("/v1/clusters/{cluster}/wal/{name}"))
+        .body(Body::from(body))
+        .expect("request");
+    call(env, req).await
+}
+
+async fn scrape(env: &Env) -> prometheus_parse::Scrape {
+    let r = call(
+        env,
+        Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = String::from_utf8(r.body).expect("utf-8");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format")
+}
+
+fn sample(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref h) => {
+                h.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_the_work_done() {
+    let env = env().await;
+    let cluster = "metrics-test";
+    let before = scrape(&env).await;
+    let pushed = |s: &prometheus_parse::Scrape, outcome: &str| {
+        sample(
+            s,
+            "wal_archive_push_total",
+            &[("cluster", cluster), ("outcome", outcome)],
+        )
+    };
+    let (s5, s6) = (seg(5), seg(6));
+    assert_eq!(
+        put_to(&env, cluster, &s5.name(1).to_string(), s5.build())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_to(&env, cluster, &s6.name(1).to_string(), s6.build())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_to(&env, cluster, &s6.name(1).to_string(), s6.build())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put_to(&env, cluster, &seg(7).name(1).to_string(), seg(8).build())
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let req = Request::get(format!("/v1/clusters/{cluster}/wal/{}", s5.name(1)))
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::OK);
+    let after = scrape(&env).await;
+    assert_eq!(pushed(&after, "stored") - pushed(&before, "stored"), 2.0);
+    assert_eq!(
+        pushed(&after, "already_stored") - pushed(&before, "already_stored"),
+        1.0
+    );
+    assert_eq!(
+        pushed(&after, "name_mismatch") - pushed(&before, "name_mismatch"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "wal_archive_fetch_total",
+            &[("cluster", cluster), ("outcome", "served")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "wal_archive_push_bytes_total",
+            &[("cluster", cluster)]
+        ),
+        3.0 * (1 << 20) as f64
+    );
+    assert_eq!(
+        sample(&after, "wal_archive_wal_files", &[("cluster", cluster)]),
+        2.0
+    );
+    assert!(sample(&after, "wal_archive_storage_bytes", &[("cluster", cluster)]) > 0.0);
+    assert_eq!(
+        sample(
+            &after,
+            "wal_archive_last_archived_info",
+            &[("cluster", cluster), ("wal", &s6.name(1).to_string())]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "wal_archive_last_archived_timestamp_seconds",
+            &[("cluster", cluster)]
+        ) > 1.7e9
+    );
+    assert!(after
+        .samples
+        .iter()
+        .any(|x| x.metric.starts_with("wal_archive_push_duration_seconds")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers() {
+    let env = env().await;
+    let r = call(
+        &env,
+        Request::get("/healthz")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
 }

@@ -1,0 +1,380 @@
+//! HTTP routes of base backups (the backup API contract): start, list, show, files, manifest,
+//! blobs, verify, delete, keep. Names and ids are checked before anything touches storage;
+//! stored content is re-verified before the first byte is sent, like WAL (DESIGN §7.3).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use pgwal::api::{
+    BackupFiles, BackupInfo, BackupRequest, ErrorBody, KeepRequest, VerifyReport,
+    CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
+};
+
+use crate::api::AppState;
+use crate::archive::ArchiveError;
+use crate::auth::{AuthError, Operation};
+use crate::backup::{self, catalog, BackupError};
+use crate::config::validate_cluster_name;
+use crate::object_format::Decompressor;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/clusters/{cluster}/backups",
+            get(list_backups).post(start_backup),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}",
+            get(show_backup).delete(delete_backup),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/files",
+            get(backup_files),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/manifest",
+            get(backup_manifest),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/verify",
+            post(verify_backup),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/keep",
+            post(keep_backup),
+        )
+        .route("/v1/clusters/{cluster}/blobs/{sha256}", get(get_blob))
+}
+
+/// An error response: status, stable kind, message for a person.
+pub struct BackupApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl BackupApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        BackupApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for BackupApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(
+                status = self.status.as_u16(),
+                kind = self.kind,
+                "{}",
+                self.message
+            );
+        } else if self.status != StatusCode::NOT_FOUND {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                kind = self.kind,
+                "{}",
+                self.message
+            );
+        }
+        let body = ErrorBody {
+            error: self.kind.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<BackupError> for BackupApiError {
+    fn from(e: BackupError) -> Self {
+        let message = e.to_string();
+        let (status, kind) = match &e {
+            BackupError::NoConninfo(_) => (StatusCode::BAD_REQUEST, "no_conninfo"),
+            BackupError::InProgress(_) => (StatusCode::CONFLICT, "backup_running"),
+            BackupError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown_backup"),
+            BackupError::NotDone(_) => (StatusCode::CONFLICT, "backup_not_done"),
+            BackupError::Kept(_) => (StatusCode::CONFLICT, "kept"),
+            BackupError::MinimumRedundancy(_) => (StatusCode::CONFLICT, "minimum_redundancy"),
+            BackupError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            BackupError::Archive(ArchiveError::Corrupt(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "corrupt")
+            }
+            BackupError::Archive(ArchiveError::MissingObject(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "missing_object")
+            }
+            BackupError::Archive(ArchiveError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            BackupError::Archive(_) | BackupError::Storage(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_error")
+            }
+            BackupError::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_error"),
+        };
+        BackupApiError::new(status, kind, message)
+    }
+}
+
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    cluster: &str,
+    op: Operation,
+) -> Result<Option<String>, BackupApiError> {
+    validate_cluster_name(cluster)
+        .map_err(|m| BackupApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth.check(authz, cluster, op).map_err(|e| match e {
+        AuthError::Unauthenticated(m) => {
+            BackupApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+        }
+        AuthError::Forbidden(m) => BackupApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+    })
+}
+
+async fn start_backup(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, BackupApiError> {
+    let token = authorize(&state, &headers, &cluster, Operation::Admin)?;
+    let req: BackupRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BackupRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            BackupApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body is not a backup request: {e}"),
+            )
+        })?
+    };
+    let info = backup::start(&state.archive, &state.config, &state.backups, &cluster, req).await?;
+    tracing::info!(cluster, backup = %info.id, token = token.as_deref().unwrap_or("-"), "backup requested");
+    Ok((StatusCode::ACCEPTED, Json(info)).into_response())
+}
+
+async fn list_backups(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<BackupInfo>>, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let rows = catalog::list(&state.archive.catalog, &cluster)
+        .await
+        .map_err(BackupError::from)?;
+    Ok(Json(
+        rows.into_iter().map(|r| state.backups.present(r)).collect(),
+    ))
+}
+
+async fn show_backup(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<BackupInfo>, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let row = backup::find(&state.archive, &cluster, &id).await?;
+    Ok(Json(state.backups.present(row)))
+}
+
+async fn delete_backup(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<BackupInfo>, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Admin)?;
+    Ok(Json(
+        backup::delete(&state.archive, &state.config, &state.backups, &cluster, &id).await?,
+    ))
+}
+
+async fn keep_backup(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(req): Json<KeepRequest>,
+) -> Result<Json<BackupInfo>, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Admin)?;
+    Ok(Json(
+        backup::set_keep(&state.archive, &state.backups, &cluster, &id, req.keep).await?,
+    ))
+}
+
+async fn backup_files(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<BackupFiles>, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Fetch)?;
+    let row = backup::find(&state.archive, &cluster, &id).await?;
+    if row.info.status != "done" {
+        return Err(BackupError::NotDone(format!(
+            "backup {} is {}; its files are listed once it is done",
+            row.info.id, row.info.status
+        ))
+        .into());
+    }
+    let files = catalog::files(&state.archive.catalog, &cluster, &row.info.id)
+        .await
+        .map_err(BackupError::from)?;
+    Ok(Json(BackupFiles {
+        id: row.info.id,
+        files,
+    }))
+}
+
+async fn backup_manifest(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Fetch)?;
+    let row = backup::find(&state.archive, &cluster, &id).await?;
+    let (Some(key), Some(sha), Some(size)) =
+        (row.manifest_key, row.manifest_sha256, row.manifest_size)
+    else {
+        return Err(BackupError::NotFound(format!(
+            "backup {} has no stored backup_manifest ({})",
+            row.info.id, row.info.status
+        ))
+        .into());
+    };
+    serve_verified(&state, &key, &sha, size, &headers).await
+}
+
+async fn get_blob(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, sha)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Fetch)?;
+    if sha.len() != 64
+        || !sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(BackupApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("{sha:?} is not a lowercase hex SHA-256"),
+        ));
+    }
+    let blob = catalog::referenced_blob(&state.archive.catalog, &cluster, &sha)
+        .await
+        .map_err(BackupError::from)?
+        .ok_or_else(|| {
+            BackupApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no backup of cluster {cluster:?} holds content {sha}"),
+            )
+        })?;
+    serve_verified(&state, &blob.object_key, &blob.sha256, blob.size, &headers).await
+}
+
+async fn verify_backup(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<VerifyReport>, BackupApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let row = backup::find(&state.archive, &cluster, &id).await?;
+    let report = backup::verify::verify(&state.archive, &row).await?;
+    if report.ok {
+        tracing::info!(cluster, backup = %report.id, files = report.files_checked, "backup verified");
+    } else {
+        tracing::error!(cluster, backup = %report.id, problems = ?report.problems, "backup verification found problems");
+    }
+    Ok(Json(report))
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn accepts_zstd(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.split(';').next().map(str::trim) == Some("zstd"))
+}
+
+/// Re-verifies the object end to end, then streams it (zstd as stored when the client accepts
+/// it, else decompressed).
+async fn serve_verified(
+    state: &AppState,
+    key: &str,
+    sha: &str,
+    size: u64,
+    headers: &HeaderMap,
+) -> Result<Response, BackupApiError> {
+    let (got, got_size) = state
+        .archive
+        .hash_object(key)
+        .await
+        .map_err(BackupError::from)?;
+    if got != sha || got_size != size {
+        return Err(BackupError::Archive(ArchiveError::Corrupt(format!(
+            "stored object {key} fails its checksum: expected SHA-256 {sha} ({size} bytes), read \
+             {got} ({got_size} bytes); it will not be served"
+        )))
+        .into());
+    }
+    let stream = state
+        .archive
+        .blobs
+        .get(key)
+        .await
+        .map_err(BackupError::from)?;
+    let mut response = if accepts_zstd(headers) {
+        let stored = state
+            .archive
+            .blobs
+            .head(key)
+            .await
+            .map_err(BackupError::from)?
+            .unwrap_or(0);
+        let mut r = Response::new(Body::from_stream(stream));
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, header_value(&stored.to_string()));
+        r
+    } else {
+        let mut dec = Decompressor::new()
+            .map_err(|e| BackupError::Archive(ArchiveError::Storage(e.to_string())))?;
+        let plain = stream.map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            let mut out = Vec::new();
+            dec.write(&chunk, |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })?;
+            Ok::<_, std::io::Error>(bytes::Bytes::from(out))
+        });
+        let mut r = Response::new(Body::from_stream(plain));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, header_value(&size.to_string()));
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(CONTENT_SHA256_HEADER, header_value(sha));
+    h.insert(CONTENT_SIZE_HEADER, header_value(&size.to_string()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}

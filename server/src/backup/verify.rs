@@ -1,0 +1,344 @@
+//! Verifying a backup: every stored file re-read and re-hashed (decompress + SHA-256), compared
+//! with the catalog and with PostgreSQL's own `backup_manifest` checksums; and the WAL it needs,
+//! from its begin to its end LSN, present in the archive. Gaps in the WAL after the backup's end
+//! (up to the newest archived segment of its timeline) are reported apart: they do not prevent
+//! restoring to the backup's end, only replaying past them.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use pgwal::api::VerifyReport;
+use pgwal::name::WalFileName;
+use pgwal::SegmentSize;
+
+use super::catalog::{self, BackupRow};
+use super::engine::wal_range;
+use super::BackupError;
+use crate::archive::{Archive, ArchiveError};
+use crate::object_format::Decompressor;
+
+/// The manifest's view of one file.
+struct ManifestEntry {
+    size: u64,
+    /// Lowercase hex SHA-256 when the manifest has SHA256 checksums.
+    sha256: Option<String>,
+}
+
+pub async fn verify(archive: &Archive, row: &BackupRow) -> Result<VerifyReport, BackupError> {
+    let info = &row.info;
+    let cluster = info.cluster.as_str();
+    let mut report = VerifyReport {
+        id: info.id.clone(),
+        ok: false,
+        files_checked: 0,
+        bytes_checked: 0,
+        problems: Vec::new(),
+        wal_gaps_after: Vec::new(),
+    };
+    if info.status != "done" {
+        report.problems.push(format!(
+            "backup {} is {}, not done{}",
+            info.id,
+            info.status,
+            info.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+    }
+
+    // 1. Every stored file, each distinct blob hashed once.
+    let files = catalog::files(&archive.catalog, cluster, &info.id).await?;
+    let mut checked: HashMap<String, Result<(), String>> = HashMap::new();
+    for f in files.iter().filter(|f| f.kind == "file") {
+        let where_ = display_path(f.tablespace_oid, &f.path);
+        let Some(sha) = f.sha256.as_deref() else {
+            report
+                .problems
+                .push(format!("{where_}: the catalog has no checksum"));
+            continue;
+        };
+        if !checked.contains_key(sha) {
+            let result = check_blob(archive, cluster, sha, f.size).await;
+            checked.insert(sha.to_string(), result);
+        }
+        if let Some(Err(why)) = checked.get(sha) {
+            report.problems.push(format!("{where_}: {why}"));
+        }
+        report.files_checked += 1;
+        report.bytes_checked += f.size;
+    }
+
+    // 2. The manifest, against the catalog.
+    match (&row.manifest_key, &row.manifest_sha256) {
+        (Some(key), Some(sha)) => match read_manifest(archive, key, sha).await {
+            Ok(manifest) => compare_manifest(&manifest, &files, &mut report.problems),
+            Err(why) => report.problems.push(format!("backup_manifest: {why}")),
+        },
+        _ if info.status == "done" => report
+            .problems
+            .push("the backup has no stored backup_manifest".into()),
+        _ => {}
+    }
+
+    // 3. WAL from begin to end, and gaps after the end.
+    check_wal(archive, row, &mut report).await?;
+    report.ok = report.problems.is_empty();
+    Ok(report)
+}
+
+fn display_path(tablespace: Option<u32>, path: &str) -> String {
+    match tablespace {
+        Some(oid) => format!("pg_tblspc/{oid}/{path}"),
+        None => path.to_string(),
+    }
+}
+
+async fn check_blob(archive: &Archive, cluster: &str, sha: &str, size: u64) -> Result<(), String> {
+    let blob = catalog::blob(&archive.catalog, cluster, sha)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no stored object is cataloged for content {sha}"))?;
+    match archive.hash_object(&blob.object_key).await {
+        Ok((got, got_size)) if got == sha && got_size == size => Ok(()),
+        Ok((got, got_size)) => Err(format!(
+            "stored object {} is damaged: expected SHA-256 {sha} ({size} bytes), read {got} \
+             ({got_size} bytes)",
+            blob.object_key
+        )),
+        Err(ArchiveError::MissingObject(_)) => Err(format!(
+            "stored object {} is missing from storage",
+            blob.object_key
+        )),
+        Err(e) => Err(format!(
+            "stored object {} cannot be read: {e}",
+            blob.object_key
+        )),
+    }
+}
+
+/// Reads the stored manifest, checking its own SHA-256, and collects its file entries.
+///
+/// PostgreSQL writes one file entry per line (`{ "Path": ..., "Size": ..., ... },`), so the
+/// manifest is parsed line by line as it is decompressed.
+async fn read_manifest(
+    archive: &Archive,
+    key: &str,
+    sha: &str,
+) -> Result<HashMap<String, ManifestEntry>, String> {
+    let mut stream = archive.blobs.get(key).await.map_err(|e| e.to_string())?;
+    let mut dec = Decompressor::new().map_err(|e| e.to_string())?;
+    let mut hasher = pgwal::checksum::Sha256::new();
+    let mut line = Vec::new();
+    let mut entries = HashMap::new();
+    let mut bad = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        dec.write(&chunk, |plain| {
+            hasher.update(plain);
+            for b in plain {
+                if *b == b'\n' {
+                    if let Err(e) = manifest_line(&line, &mut entries) {
+                        bad.get_or_insert(e);
+                    }
+                    line.clear();
+                } else {
+                    line.push(*b);
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("cannot be decompressed: {e}"))?;
+    }
+    if !line.is_empty() {
+        if let Err(e) = manifest_line(&line, &mut entries) {
+            bad.get_or_insert(e);
+        }
+    }
+    let got = hasher.finish_hex();
+    if got != sha {
+        return Err(format!(
+            "stored object {key} is damaged: expected SHA-256 {sha}, read {got}"
+        ));
+    }
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    Ok(entries)
+}
+
+fn manifest_line(line: &[u8], entries: &mut HashMap<String, ManifestEntry>) -> Result<(), String> {
+    let text = String::from_utf8_lossy(line);
+    let t = text.trim();
+    if !(t.starts_with('{') && (t.contains("\"Path\"") || t.contains("\"Encoded-Path\""))) {
+        return Ok(());
+    }
+    let t = t.trim_end_matches(',');
+    let v: serde_json::Value =
+        serde_json::from_str(t).map_err(|e| format!("unreadable entry {t:?}: {e}"))?;
+    let path = match (v.get("Path"), v.get("Encoded-Path")) {
+        (Some(p), _) => p.as_str().map(str::to_string),
+        (None, Some(e)) => e
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+        _ => None,
+    }
+    .ok_or_else(|| format!("entry without a path: {t:?}"))?;
+    let size = v
+        .get("Size")
+        .and_then(|s| s.as_u64())
+        .ok_or_else(|| format!("entry {path} has no size"))?;
+    let sha256 = match v.get("Checksum-Algorithm").and_then(|a| a.as_str()) {
+        Some("SHA256") => v
+            .get("Checksum")
+            .and_then(|c| c.as_str())
+            .map(str::to_ascii_lowercase),
+        _ => None,
+    };
+    entries.insert(path, ManifestEntry { size, sha256 });
+    Ok(())
+}
+
+fn compare_manifest(
+    manifest: &HashMap<String, ManifestEntry>,
+    files: &[pgwal::api::BackupFile],
+    problems: &mut Vec<String>,
+) {
+    let mut seen = HashSet::new();
+    for f in files.iter().filter(|f| f.kind == "file") {
+        let path = display_path(f.tablespace_oid, &f.path);
+        match manifest.get(&path) {
+            None => problems.push(format!("{path}: stored, but not listed in backup_manifest")),
+            Some(m) => {
+                if m.size != f.size {
+                    problems.push(format!(
+                        "{path}: {} bytes stored, backup_manifest says {}",
+                        f.size, m.size
+                    ));
+                }
+                match (&m.sha256, &f.sha256) {
+                    (Some(a), Some(b)) if a != b => problems.push(format!(
+                        "{path}: SHA-256 {b} stored, backup_manifest says {a}"
+                    )),
+                    (None, _) => problems.push(format!(
+                        "{path}: backup_manifest has no SHA256 checksum for it"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        seen.insert(path);
+    }
+    let mut absent: Vec<&String> = manifest.keys().filter(|p| !seen.contains(*p)).collect();
+    absent.sort();
+    for p in absent {
+        problems.push(format!(
+            "{p}: listed in backup_manifest, but not in the backup"
+        ));
+    }
+}
+
+async fn check_wal(
+    archive: &Archive,
+    row: &BackupRow,
+    report: &mut VerifyReport,
+) -> Result<(), BackupError> {
+    let info = &row.info;
+    let (Some(first), Some(last)) = (info.begin_wal.as_deref(), info.end_wal.as_deref()) else {
+        if info.status == "done" {
+            report
+                .problems
+                .push("the backup has no recorded WAL range".into());
+        }
+        return Ok(());
+    };
+    let size = archive
+        .catalog
+        .cluster(&info.cluster)
+        .await?
+        .and_then(|c| c.segment_size)
+        .and_then(|z| SegmentSize::new(z).ok());
+    let (Ok(first), Ok(last), Some(size)) = (
+        first.parse::<WalFileName>(),
+        last.parse::<WalFileName>(),
+        size,
+    ) else {
+        report
+            .problems
+            .push(format!("cannot compute the WAL range {first} .. {last}"));
+        return Ok(());
+    };
+    let rows = archive.catalog.list_wal(&info.cluster).await?;
+    let ok: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.state == "ok")
+        .map(|r| r.name.as_str())
+        .collect();
+    for name in wal_range(&first, &last, size).unwrap_or_default() {
+        if !ok.contains(name.as_str()) {
+            report.problems.push(format!(
+                "WAL segment {name} (needed from {first} to {last}) is not in the archive"
+            ));
+        }
+    }
+    // After the end: up to the newest archived segment of the end's timeline.
+    let tli = last.timeline();
+    let Some(end) = last.segno(size) else {
+        return Ok(());
+    };
+    let present: HashSet<u64> = rows
+        .iter()
+        .filter(|r| r.state == "ok" && r.kind == "segment")
+        .filter_map(|r| r.name.parse::<WalFileName>().ok())
+        .filter(|n| n.timeline() == tli)
+        .filter_map(|n| n.segno(size))
+        .filter(|n| *n > end)
+        .collect();
+    let Some(newest) = present.iter().max().copied() else {
+        return Ok(());
+    };
+    let mut n = end + 1;
+    while n < newest {
+        if present.contains(&n) {
+            n += 1;
+            continue;
+        }
+        let gap_start = n;
+        while n < newest && !present.contains(&n) {
+            n += 1;
+        }
+        let a = WalFileName::segment(tli, gap_start, size);
+        let b = WalFileName::segment(tli, n - 1, size);
+        report.wal_gaps_after.push(if gap_start == n - 1 {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_lines() {
+        let mut m = HashMap::new();
+        manifest_line(b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,", &mut m).expect("skip");
+        manifest_line(
+            b"{ \"Path\": \"global/pg_control\", \"Size\": 8192, \"Last-Modified\": \"2026-01-01 00:00:00 GMT\", \"Checksum-Algorithm\": \"SHA256\", \"Checksum\": \"AB\" },",
+            &mut m,
+        )
+        .expect("entry");
+        manifest_line(
+            b"{ \"Encoded-Path\": \"6162\", \"Size\": 1, \"Last-Modified\": \"x\" }",
+            &mut m,
+        )
+        .expect("encoded");
+        assert_eq!(m["global/pg_control"].size, 8192);
+        assert_eq!(m["global/pg_control"].sha256.as_deref(), Some("ab"));
+        assert!(m["ab"].sha256.is_none());
+    }
+}

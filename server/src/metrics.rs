@@ -1,0 +1,108 @@
+//! Prometheus metrics (`GET /metrics`). Counters and histograms are recorded where the work
+//! happens (`api.rs`); gauges describing state (last archived WAL, storage bytes, receiver lag)
+//! are computed from the catalog and the receivers at each scrape, so they are never stale.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Latency buckets in seconds, from a cached 200 to a slow 1 GiB upload.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the process-wide recorder once; later calls return the same handle.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            // Gauges are all set at scrape time; one not set at the last scrape (the name of an
+            // older segment in `wal_archive_last_archived_info`) disappears instead of lingering.
+            let recorder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(1)))
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// A finished `PUT` of a WAL file. `outcome`: `stored`, `already_stored`, or an error kind.
+pub fn record_push(cluster: &str, outcome: &str, bytes: u64, elapsed: Duration) {
+    let labels = [
+        ("cluster", cluster.to_string()),
+        ("outcome", outcome.to_string()),
+    ];
+    metrics::counter!("wal_archive_push_total", &labels).increment(1);
+    if outcome == "stored" || outcome == "already_stored" {
+        metrics::counter!("wal_archive_push_bytes_total", "cluster" => cluster.to_string())
+            .increment(bytes);
+    } else {
+        metrics::counter!("wal_archive_push_errors_total", &labels).increment(1);
+    }
+    metrics::histogram!("wal_archive_push_duration_seconds", "cluster" => cluster.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A finished `GET` of a WAL file. `outcome`: `served`, `not_found`, or an error kind.
+pub fn record_fetch(cluster: &str, outcome: &str, bytes: u64, elapsed: Duration) {
+    let labels = [
+        ("cluster", cluster.to_string()),
+        ("outcome", outcome.to_string()),
+    ];
+    metrics::counter!("wal_archive_fetch_total", &labels).increment(1);
+    match outcome {
+        "served" => {
+            metrics::counter!("wal_archive_fetch_bytes_total", "cluster" => cluster.to_string())
+                .increment(bytes)
+        }
+        "not_found" => {}
+        _ => metrics::counter!("wal_archive_fetch_errors_total", &labels).increment(1),
+    }
+    metrics::histogram!("wal_archive_fetch_duration_seconds", "cluster" => cluster.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// State gauges of one cluster, set at scrape time.
+pub struct ClusterGauges<'a> {
+    pub cluster: &'a str,
+    pub wal_files: u64,
+    pub wal_bytes: u64,
+    pub stored_bytes: u64,
+    pub last_archived: Option<(&'a str, f64)>,
+    pub receiver_lag_bytes: Option<u64>,
+    pub receiver_streaming: Option<bool>,
+}
+
+pub fn set_cluster_gauges(g: &ClusterGauges<'_>) {
+    let c = g.cluster.to_string();
+    metrics::gauge!("wal_archive_wal_files", "cluster" => c.clone()).set(g.wal_files as f64);
+    metrics::gauge!("wal_archive_wal_bytes", "cluster" => c.clone()).set(g.wal_bytes as f64);
+    metrics::gauge!("wal_archive_storage_bytes", "cluster" => c.clone()).set(g.stored_bytes as f64);
+    if let Some((name, at)) = g.last_archived {
+        metrics::gauge!("wal_archive_last_archived_timestamp_seconds", "cluster" => c.clone())
+            .set(at);
+        metrics::gauge!(
+            "wal_archive_last_archived_info",
+            "cluster" => c.clone(),
+            "wal" => name.to_string()
+        )
+        .set(1.0);
+    }
+    if let Some(lag) = g.receiver_lag_bytes {
+        metrics::gauge!("wal_archive_receiver_lag_bytes", "cluster" => c.clone()).set(lag as f64);
+    }
+    if let Some(streaming) = g.receiver_streaming {
+        metrics::gauge!("wal_archive_receiver_streaming", "cluster" => c).set(if streaming {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
