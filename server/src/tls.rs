@@ -72,6 +72,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // See the plain listener in lib.rs: no Nagle delay on small responses.
+                let _ = stream.set_nodelay(true);
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };

@@ -27,6 +27,7 @@
 //!   status, `check` and the log, and healed without restarting the server once fixed.
 
 pub mod background;
+pub mod backup;
 pub mod cli;
 pub mod factory;
 pub mod http;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// wal-archive: archive and restore PostgreSQL WAL through a wal-archive server.
 #[derive(Parser, Debug)]
@@ -75,4 +75,147 @@ pub enum Command {
         #[arg(long)]
         cluster: String,
     },
+    /// Take a base backup of a cluster (the server connects to it with the cluster's conninfo).
+    Backup {
+        #[arg(long)]
+        cluster: String,
+        /// Wait until the backup is done (or failed), showing its progress; without it the
+        /// backup's id is printed and the backup goes on in the server.
+        #[arg(long)]
+        wait: bool,
+        /// The checkpoint that starts the backup: `fast` (at once, more I/O) or `spread`
+        /// (paced by checkpoint_completion_target) [default: the server's, fast].
+        #[arg(long, value_enum)]
+        checkpoint: Option<Checkpoint>,
+    },
+    /// List the backups of a cluster, newest first.
+    List {
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Show one backup.
+    Show {
+        #[arg(long)]
+        cluster: String,
+        /// Backup id, or `latest` (the newest done backup).
+        backup: String,
+    },
+    /// Rebuild a data directory from a backup, set up for point-in-time recovery or as a standby.
+    /// Run it as the PostgreSQL OS user: files are created as the user that runs it.
+    Restore(RestoreArgs),
+    /// Re-read and re-hash a backup's stored files and check its WAL; print each problem
+    /// (exit 1 if there is any).
+    Verify {
+        #[arg(long)]
+        cluster: String,
+        /// Backup id or `latest` [default: every done backup].
+        backup: Option<String>,
+    },
+    /// Delete a backup (refused for a kept one, or below the cluster's minimum redundancy).
+    Delete {
+        #[arg(long)]
+        cluster: String,
+        /// Backup id or `latest`.
+        backup: String,
+    },
+    /// Keep a backup regardless of the retention policy (or stop keeping it with --release).
+    Keep {
+        #[arg(long)]
+        cluster: String,
+        /// Backup id or `latest`.
+        backup: String,
+        /// Release the backup: retention applies to it again.
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Checkpoint {
+    Fast,
+    Spread,
+}
+
+impl Checkpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checkpoint::Fast => "fast",
+            Checkpoint::Spread => "spread",
+        }
+    }
+}
+
+/// PostgreSQL's `recovery_target_action`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetAction {
+    Pause,
+    Promote,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Pause => "pause",
+            TargetAction::Promote => "promote",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(group(
+    ArgGroup::new("target")
+        .args(["target_time", "target_lsn", "target_xid", "target_name", "target_immediate"])
+        .multiple(false)
+))]
+pub struct RestoreArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// Backup id, or `latest` (the newest done backup).
+    pub backup: String,
+    /// The data directory to create: it must not exist or be empty.
+    #[arg(long)]
+    pub target_dir: PathBuf,
+    /// Restore tablespace NAME (its name or OID) into DIR instead of its original location;
+    /// DIR must not exist or be empty. Repeat for each tablespace to move.
+    #[arg(long = "tablespace", value_name = "NAME=DIR")]
+    pub tablespaces: Vec<String>,
+    /// Files downloaded in parallel.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Recover up to this time (recovery_target_time), e.g. '2026-11-21 22:30:00+00'.
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Recover up to this WAL location (recovery_target_lsn), e.g. 0/3000060.
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Recover up to this transaction id, included (recovery_target_xid).
+    #[arg(long)]
+    pub target_xid: Option<String>,
+    /// Recover up to this restore point (recovery_target_name, see pg_create_restore_point()).
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent (recovery_target = 'immediate').
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// What PostgreSQL does at the target (recovery_target_action) [PostgreSQL's default: pause].
+    #[arg(long, value_enum)]
+    pub target_action: Option<TargetAction>,
+    /// Timeline to recover along (recovery_target_timeline): `latest`, `current` or a number.
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// Set the directory up as a standby (standby.signal) instead of for archive recovery.
+    #[arg(long)]
+    pub standby: bool,
+    /// primary_conninfo of the standby.
+    #[arg(long, requires = "standby")]
+    pub primary_conninfo: Option<String>,
+    /// primary_slot_name of the standby.
+    #[arg(long, requires = "standby")]
+    pub primary_slot_name: Option<String>,
+    /// Client configuration file that restore_command passes with --config (where the token is
+    /// read from) [default: the --config given to this command, if any].
+    #[arg(long)]
+    pub client_config: Option<PathBuf>,
 }

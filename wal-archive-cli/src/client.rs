@@ -51,6 +51,8 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 pub struct Client {
     pub settings: Settings,
     agent: ureq::Agent,
@@ -109,6 +111,28 @@ impl Client {
         req.call().map_err(transport_failure)
     }
 
+    /// `POST` with a JSON body.
+    pub fn post_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Response<Body>, Failure> {
+        self.authorize(self.agent.post(self.url(path)))
+            .send_json(body)
+            .map_err(transport_failure)
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Response<Body>, Failure> {
+        self.authorize(self.agent.delete(self.url(path)))
+            .call()
+            .map_err(transport_failure)
+    }
+
+    /// `GET` a JSON document: 200 is parsed as `T`, anything else is a [`Failure`].
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        read_json(self.get(path, false)?, &[200])
+    }
+
     pub fn put_file(
         &self,
         path: &str,
@@ -131,6 +155,21 @@ fn transport_failure(e: ureq::Error) -> Failure {
         ureq::Error::ConnectionFailed => Failure::Unreachable("connection failed".into()),
         other => Failure::Unreachable(other.to_string()),
     }
+}
+
+/// Parses a response whose status is one of `ok` as JSON `T`; any other status is a [`Failure`].
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    mut resp: Response<Body>,
+    ok: &[u16],
+) -> Result<T, Failure> {
+    if !ok.contains(&resp.status().as_u16()) {
+        return Err(status_failure(resp));
+    }
+    resp.body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_json()
+        .map_err(|e| Failure::Fatal(format!("unexpected answer from the server: {e}")))
 }
 
 /// Turns a non-success response into a [`Failure`], reading the server's JSON error body.

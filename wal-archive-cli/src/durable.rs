@@ -9,6 +9,11 @@
 //! 4. fsync the directory so the rename itself survives a crash.
 //!
 //! On any error the temp file is removed; nothing is left at the destination.
+//!
+//! `restore` writes thousands of files into one new tree: it renames each one into place after
+//! its own fsync (step 2) but skips step 4 per file, and calls [`sync_tree`] once at the end,
+//! before it writes the signal file that makes the directory recoverable. A crash before that
+//! leaves a tree without a signal file, which restore refuses to reuse (it is not empty).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -45,8 +50,30 @@ impl TempFile {
             .ok_or_else(|| io::Error::other("temp file already closed"))
     }
 
+    /// Unix permission bits of the file to be.
+    pub fn set_mode(&mut self, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.writer()?
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+    }
+
+    /// Modification time of the file to be.
+    pub fn set_modified(&mut self, time: std::time::SystemTime) -> io::Result<()> {
+        self.writer()?.set_modified(time)
+    }
+
     /// Steps 2–4: fsync, rename over `dest`, fsync the directory.
-    pub fn persist(mut self, dest: &Path) -> io::Result<()> {
+    pub fn persist(self, dest: &Path) -> io::Result<()> {
+        self.persist_without_dir_sync(dest)?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        File::open(&dir)?.sync_all()
+    }
+
+    /// Steps 2–3 only: the caller fsyncs the directory later ([`sync_tree`]).
+    pub fn persist_without_dir_sync(mut self, dest: &Path) -> io::Result<()> {
         let file = self
             .file
             .take()
@@ -54,15 +81,26 @@ impl TempFile {
         file.sync_all()?;
         drop(file);
         std::fs::rename(&self.path, dest)?;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        File::open(&dir)?.sync_all()?;
         // Renamed: nothing to clean up any more.
         self.path = PathBuf::new();
         Ok(())
     }
+}
+
+/// fsyncs every directory below and including `root` (symlinks are not followed), so that the
+/// names created by [`TempFile::persist_without_dir_sync`] survive a crash.
+pub fn sync_tree(root: &Path) -> io::Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+        File::open(&dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl Write for TempFile {

@@ -2,11 +2,15 @@
 //! exit codes, which PostgreSQL acts on (DESIGN §4).
 
 mod args;
+mod backup;
 mod check;
 mod client;
 mod durable;
 mod fetch;
+mod manifest;
+mod progress;
 mod push;
+mod restore;
 mod settings;
 mod wal;
 
@@ -99,7 +103,122 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Backup {
+            cluster,
+            wait,
+            checkpoint,
+        } => match backup::backup(&client, &cluster, checkpoint, wait, json) {
+            Ok(info) => {
+                if json {
+                    print_json(&info);
+                } else if !wait {
+                    println!("{}", info.id);
+                } else if info.status == "done" {
+                    backup::print_info(&info);
+                }
+                if info.status == "failed" {
+                    eprintln!(
+                        "wal-archive backup: backup {} failed: {}",
+                        info.id,
+                        info.reason.as_deref().unwrap_or("no reason given")
+                    );
+                    return ExitCode::from(1);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("backup", &e),
+        },
+        Command::List { cluster } => match backup::list(&client, &cluster) {
+            Ok(list) => {
+                if json {
+                    print_json(&list);
+                } else {
+                    backup::print_list(&list);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("list", &e),
+        },
+        Command::Show { cluster, backup } => match backup::info(&client, &cluster, &backup) {
+            Ok(info) => {
+                if json {
+                    print_json(&info);
+                } else {
+                    backup::print_info(&info);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("show", &e),
+        },
+        Command::Restore(args) => match restore::restore(&client, &cli.global, &args, json) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    restore::print_human(&r);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("restore", &e),
+        },
+        Command::Verify { cluster, backup } => {
+            match backup::verify(&client, &cluster, backup.as_deref()) {
+                Ok(reports) => {
+                    if json {
+                        if backup.is_some() && reports.len() == 1 {
+                            print_json(&reports[0]);
+                        } else {
+                            print_json(&reports);
+                        }
+                    } else {
+                        for r in &reports {
+                            backup::print_report(r);
+                        }
+                    }
+                    if reports.iter().all(|r| r.ok) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail("verify", &e),
+            }
+        }
+        Command::Delete { cluster, backup } => match backup::delete(&client, &cluster, &backup) {
+            Ok(info) => {
+                if json {
+                    print_json(&info);
+                } else {
+                    println!("deleted backup {} of cluster {}", info.id, info.cluster);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("delete", &e),
+        },
+        Command::Keep {
+            cluster,
+            backup,
+            release,
+        } => match backup::keep(&client, &cluster, &backup, !release) {
+            Ok(info) => {
+                if json {
+                    print_json(&info);
+                } else if info.keep {
+                    println!("backup {} is kept: retention will not delete it", info.id);
+                } else {
+                    println!("backup {} is released: retention applies to it", info.id);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("keep", &e),
+        },
     }
+}
+
+/// An operator command failed: the whole chain of causes, then exit 1.
+fn fail(command: &str, e: &anyhow::Error) -> ExitCode {
+    eprintln!("wal-archive {command}: {e:#}");
+    ExitCode::from(1)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
