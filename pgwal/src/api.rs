@@ -210,3 +210,76 @@ pub struct VerifyReport {
 pub struct KeepRequest {
     pub keep: bool,
 }
+
+/// `POST /v1/clusters/{cluster}/retention?dry_run=true|false`: what the retention policy
+/// removed (or, with `dry_run`, would remove).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub cluster: String,
+    /// The policy applied, as configured (`redundancy 2`, `recovery window of 7 days`), or
+    /// `None` when the cluster has none (then nothing is removed).
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Every backup with its classification (`valid`, `obsolete`, `kept`), newest first.
+    #[serde(default)]
+    pub backups: Vec<BackupInfo>,
+    /// Ids of the backups removed (or that would be).
+    #[serde(default)]
+    pub removed_backups: Vec<String>,
+    /// Names of the WAL files removed (or that would be).
+    #[serde(default)]
+    pub removed_wal: Vec<String>,
+    /// The first segment still needed by the oldest retained backup (WAL from there on, on
+    /// every timeline, is kept).
+    #[serde(default)]
+    pub wal_kept_from: Option<String>,
+}
+
+/// One run of a scheduled (or API-started) job, as `GET /v1/clusters/{cluster}/jobs` lists it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobRun {
+    pub id: i64,
+    pub cluster: String,
+    /// `backup` or `retention`.
+    pub kind: String,
+    /// `schedule`, `missed` (a run the server was down for, run once at start) or `api`.
+    #[serde(default)]
+    pub trigger: String,
+    /// RFC 3339 time the schedule fired for, when scheduled.
+    #[serde(default)]
+    pub scheduled_at: Option<String>,
+    pub started_at: String,
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    /// `running`, `ok`, `failed` or `skipped`.
+    pub result: String,
+    /// Why it failed or was skipped.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// What it did (a backup id, counts of removed files).
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/clusters/{cluster}/switch-wal` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwitchWalRequest {
+    /// Wait until the closed segment is archived.
+    #[serde(default)]
+    pub archive: bool,
+    /// How long to wait for it (default 60 s).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Answer of `POST /v1/clusters/{cluster}/switch-wal`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwitchWalResponse {
+    /// The segment that the switch closed.
+    pub segment: String,
+    /// True once the archive holds it (only waited for when asked).
+    #[serde(default)]
+    pub archived: bool,
+}

@@ -43,6 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_wal).put(put_wal).head(head_wal),
         )
         .merge(crate::api_backup::routes())
+        .merge(crate::api_ops::routes())
         .with_state(state)
 }
 
@@ -156,6 +157,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, Ap
             receiver_lag_bytes: receiver.as_ref().and_then(|r| r.lag_bytes),
             receiver_streaming: receiver.as_ref().map(|r| r.state == "streaming"),
         });
+        set_backup_gauges(&state, cluster).await;
     }
     let mut r = handle.render().into_response();
     r.headers_mut().insert(
@@ -163,6 +165,33 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, Ap
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok(r)
+}
+
+/// Backup gauges of one cluster (counts per status, the newest done backup's age and sizes).
+async fn set_backup_gauges(state: &AppState, cluster: &str) {
+    let Ok(rows) = crate::backup::catalog::list(&state.archive.catalog, cluster).await else {
+        return;
+    };
+    if rows.is_empty() {
+        return;
+    }
+    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in &rows {
+        *by_status.entry(r.info.status.clone()).or_default() += 1;
+    }
+    let by_status: Vec<(String, u64)> = by_status.into_iter().collect();
+    let newest = rows.iter().find(|r| r.info.status == "done");
+    let age = newest
+        .and_then(|r| r.info.end_time.as_deref())
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .and_then(|t| state.backups.now().duration_since(t).ok())
+        .map(|d| d.as_secs_f64());
+    crate::metrics::set_backup_gauges(&crate::metrics::BackupGauges {
+        cluster,
+        by_status: &by_status,
+        newest_done_age_seconds: age,
+        newest_done_sizes: newest.map(|r| (r.info.size_bytes, r.info.stored_bytes)),
+    });
 }
 
 fn authorize(
@@ -709,5 +738,7 @@ async fn check(
             }),
         });
     }
+    crate::pgcheck::postgres_checks(&state, &cluster, &mut checks).await;
+    crate::pgcheck::archive_checks(&state, &cluster, &mut checks).await;
     Ok(Json(pgwal::api::CheckReport { cluster, checks }))
 }

@@ -169,9 +169,14 @@ async fn list_backups(
     headers: HeaderMap,
 ) -> Result<Json<Vec<BackupInfo>>, BackupApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
-    let rows = catalog::list(&state.archive.catalog, &cluster)
+    let mut rows = catalog::list(&state.archive.catalog, &cluster)
         .await
         .map_err(BackupError::from)?;
+    crate::retention::annotate(
+        &state.config.cluster(&cluster),
+        &mut rows,
+        state.backups.now(),
+    );
     Ok(Json(
         rows.into_iter().map(|r| state.backups.present(r)).collect(),
     ))
@@ -184,7 +189,22 @@ async fn show_backup(
 ) -> Result<Json<BackupInfo>, BackupApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
     let row = backup::find(&state.archive, &cluster, &id).await?;
-    Ok(Json(state.backups.present(row)))
+    let mut rows = catalog::list(&state.archive.catalog, &cluster)
+        .await
+        .map_err(BackupError::from)?;
+    crate::retention::annotate(
+        &state.config.cluster(&cluster),
+        &mut rows,
+        state.backups.now(),
+    );
+    let retention = rows
+        .into_iter()
+        .find(|r| r.info.id == row.info.id)
+        .and_then(|r| r.info.retention);
+    Ok(Json(BackupInfo {
+        retention,
+        ..state.backups.present(row)
+    }))
 }
 
 async fn delete_backup(

@@ -76,6 +76,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_initial.sql")),
         M::up(include_str!("../../migrations/0002_backups.sql")),
+        M::up(include_str!("../../migrations/0003_jobs_retention.sql")),
     ])
 }
 

@@ -103,8 +103,19 @@ pub struct ClusterConfig {
     /// Longest wait between two reconnection attempts of the receiver, in seconds (default 30;
     /// the wait doubles from 1 s up to this).
     pub reconnect_max_delay: Option<u64>,
+    /// Crontab (5 fields, or 6 with leading seconds) of scheduled backups.
     pub backup_schedule: Option<String>,
+    /// `redundancy N` or `recovery window of N days|weeks|months`.
     pub retention: Option<String>,
+    /// Crontab of retention runs (default [`DEFAULT_RETENTION_SCHEDULE`], when a policy is set).
+    pub retention_schedule: Option<String>,
+    /// `check` fails when the newest done backup is older than this (humantime, e.g.
+    /// `2 days`). Default: twice the backup schedule's period when there is a schedule.
+    pub last_backup_maximum_age: Option<String>,
+    /// `check` fails when the newest archived segment is older than this (default `1 hour`).
+    pub wal_maximum_age: Option<String>,
+    /// `check` fails when the storage has less free space (default 1 GiB).
+    pub min_free_space_bytes: Option<u64>,
     #[serde(default = "default_minimum_redundancy")]
     pub minimum_redundancy: u32,
     #[serde(default = "default_compression_level")]
@@ -115,6 +126,10 @@ pub struct ClusterConfig {
 }
 
 pub const DEFAULT_BACKUP_WAL_TIMEOUT: u64 = 300;
+/// Retention runs at 17 minutes past every hour (off the round hour most backups start at).
+pub const DEFAULT_RETENTION_SCHEDULE: &str = "0 17 * * * *";
+pub const DEFAULT_WAL_MAXIMUM_AGE: &str = "1 hour";
+pub const DEFAULT_MIN_FREE_SPACE_BYTES: u64 = 1 << 30;
 
 pub const DEFAULT_SLOT: &str = "wal_archive";
 pub const DEFAULT_APPLICATION_NAME: &str = "wal_archive";
@@ -133,6 +148,10 @@ impl Default for ClusterConfig {
             reconnect_max_delay: None,
             backup_schedule: None,
             retention: None,
+            retention_schedule: None,
+            last_backup_maximum_age: None,
+            wal_maximum_age: None,
+            min_free_space_bytes: None,
             minimum_redundancy: default_minimum_redundancy(),
             compression_level: default_compression_level(),
             backup_wal_timeout: None,
@@ -242,6 +261,33 @@ impl Config {
                     return Err(ConfigError::Invalid(format!(
                         "clusters.{name}.slot = {slot:?}: a slot name is 1 to 63 lowercase letters, digits or '_'"
                     )));
+                }
+            }
+            if let Some(r) = &c.retention {
+                crate::retention::Policy::parse(r).map_err(|e| {
+                    ConfigError::Invalid(format!("clusters.{name}.retention = {r:?}: {e}"))
+                })?;
+            }
+            for (key, spec) in [
+                ("backup_schedule", &c.backup_schedule),
+                ("retention_schedule", &c.retention_schedule),
+            ] {
+                if let Some(spec) = spec {
+                    crate::scheduler::parse_schedule(spec).map_err(|e| {
+                        ConfigError::Invalid(format!("clusters.{name}.{key} = {spec:?}: {e}"))
+                    })?;
+                }
+            }
+            for (key, v) in [
+                ("last_backup_maximum_age", &c.last_backup_maximum_age),
+                ("wal_maximum_age", &c.wal_maximum_age),
+            ] {
+                if let Some(v) = v {
+                    humantime::parse_duration(v).map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "clusters.{name}.{key} = {v:?} is not a duration such as \"2 days\": {e}"
+                        ))
+                    })?;
                 }
             }
             if !(1..=22).contains(&c.compression_level) {
@@ -385,6 +431,24 @@ compression_level = 3
         assert!(Config::from_toml("lisen = \"x\"", &Overrides::default()).is_err());
         let bad = "[[tokens]]\nname=\"a\"\nsecret_sha256=\"abc\"\nrole=\"admin\"";
         assert!(Config::from_toml(bad, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_retention_and_schedules() {
+        for bad in [
+            "retention = \"keep 3\"",
+            "retention = \"redundancy 0\"",
+            "backup_schedule = \"every day\"",
+            "wal_maximum_age = \"soon\"",
+        ] {
+            let text = format!("[clusters.main]\n{bad}");
+            assert!(
+                Config::from_toml(&text, &Overrides::default()).is_err(),
+                "{bad}"
+            );
+        }
+        let ok = "[clusters.main]\nretention = \"redundancy 2\"\nbackup_schedule = \"*/3 * * * * *\"\nlast_backup_maximum_age = \"2 days\"";
+        assert!(Config::from_toml(ok, &Overrides::default()).is_ok());
     }
 
     #[test]

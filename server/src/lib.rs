@@ -5,16 +5,21 @@
 
 pub mod api;
 pub mod api_backup;
+pub mod api_ops;
 pub mod archive;
 pub mod auth;
 pub mod backup;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod durability;
 pub mod metrics;
 pub mod object_format;
+pub mod pgcheck;
 pub mod receiver;
 pub mod reconcile;
+pub mod retention;
+pub mod scheduler;
 pub mod storage;
 pub mod tls;
 
@@ -65,6 +70,14 @@ pub async fn open(
         )
     })?;
     let archive = Archive { catalog, blobs };
+    // Before reconciliation: it would re-index the objects of WAL an interrupted retention run
+    // planned to remove, or report as missing those it had removed already.
+    retention::resume(&archive)
+        .await
+        .context("finishing an interrupted retention run")?;
+    scheduler::fail_interrupted(&archive.catalog)
+        .await
+        .context("closing job runs interrupted by a restart")?;
     reconcile::reconcile(&archive)
         .await
         .context("reconciling storage with the catalog")?;
@@ -117,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         receivers,
         backups: Default::default(),
     });
+    let scheduler_tasks = scheduler::start(state.clone(), &stop_rx);
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(t)?),
         None => None,
@@ -146,11 +160,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }),
             app,
         )
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP")?,
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?,
     }
     let _ = stop_tx.send(true);
+    for t in scheduler_tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+    }
     for t in receiver_tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
     }

@@ -106,3 +106,51 @@ pub fn set_cluster_gauges(g: &ClusterGauges<'_>) {
         });
     }
 }
+
+/// A finished job run (`kind`: `backup`, `retention`; `result`: `ok`, `failed`, `skipped`).
+pub fn record_job(cluster: &str, kind: &str, result: &str) {
+    metrics::counter!(
+        "wal_archive_jobs_total",
+        "cluster" => cluster.to_string(),
+        "kind" => kind.to_string(),
+        "result" => result.to_string()
+    )
+    .increment(1);
+}
+
+/// A retention run that removed something.
+pub fn record_retention(cluster: &str, backups: u64, wal_files: u64) {
+    let c = cluster.to_string();
+    metrics::counter!("wal_archive_retention_runs_total", "cluster" => c.clone()).increment(1);
+    metrics::counter!("wal_archive_retention_removed_backups_total", "cluster" => c.clone())
+        .increment(backups);
+    metrics::counter!("wal_archive_retention_removed_wal_files_total", "cluster" => c)
+        .increment(wal_files);
+}
+
+/// Backup state gauges of one cluster, set at scrape time.
+pub struct BackupGauges<'a> {
+    pub cluster: &'a str,
+    /// Backups per status.
+    pub by_status: &'a [(String, u64)],
+    /// Seconds since the newest done backup ended.
+    pub newest_done_age_seconds: Option<f64>,
+    /// `size_bytes` and `stored_bytes` of the newest done backup.
+    pub newest_done_sizes: Option<(u64, u64)>,
+}
+
+pub fn set_backup_gauges(g: &BackupGauges<'_>) {
+    let c = g.cluster.to_string();
+    for (status, n) in g.by_status {
+        metrics::gauge!("wal_archive_backups", "cluster" => c.clone(), "status" => status.clone())
+            .set(*n as f64);
+    }
+    if let Some(age) = g.newest_done_age_seconds {
+        metrics::gauge!("wal_archive_last_backup_age_seconds", "cluster" => c.clone()).set(age);
+    }
+    if let Some((size, stored)) = g.newest_done_sizes {
+        metrics::gauge!("wal_archive_last_backup_size_bytes", "cluster" => c.clone())
+            .set(size as f64);
+        metrics::gauge!("wal_archive_last_backup_stored_bytes", "cluster" => c).set(stored as f64);
+    }
+}

@@ -43,12 +43,17 @@ pub enum StartOutcome {
 const SELECT: &str = "SELECT cluster, id, status, reason, system_identifier, timeline, begin_lsn, \
     end_lsn, begin_wal, end_wal, begin_time, end_time, pg_version, size_bytes, stored_bytes, \
     deduplicated_bytes, file_count, estimated_bytes, tablespaces, keep, manifest_key, \
-    manifest_sha256, manifest_size FROM backups";
+    manifest_sha256, manifest_size, deleting FROM backups";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
     let tablespaces: String = r.get(18)?;
     let tablespaces: Vec<BackupTablespace> = serde_json::from_str(&tablespaces).unwrap_or_default();
-    let status: String = r.get(2)?;
+    let mut status: String = r.get(2)?;
+    // Retention has decided to remove it (and may have been interrupted doing so): never
+    // shown as a usable backup.
+    if r.get::<_, i64>(23)? != 0 {
+        status = "deleting".into();
+    }
     let size_bytes: u64 = r.get(13)?;
     Ok(BackupRow {
         info: BackupInfo {
@@ -448,6 +453,16 @@ pub async fn referenced_keys(cat: &Catalog) -> Result<HashSet<String>, CatalogEr
         }
         tx.commit()?;
         Ok(keys)
+    })
+    .await
+}
+
+/// Backups marked `deleting` whose removal has not finished: (cluster, id).
+pub async fn deleting(cat: &Catalog) -> Result<Vec<(String, String)>, CatalogError> {
+    cat.call(move |c| {
+        let mut stmt = c.prepare("SELECT cluster, id FROM backups WHERE deleting = 1")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })
     .await
 }

@@ -60,6 +60,9 @@ pub struct Backups {
     inner: Arc<Inner>,
 }
 
+/// Held for the whole of one run of a job.
+type JobLock = Arc<tokio::sync::Mutex<()>>;
+
 /// The live view of one backup in progress, shared by its task and the API.
 type LiveInfo = Arc<Mutex<BackupInfo>>;
 
@@ -68,6 +71,10 @@ struct Inner {
     /// The live view of backups in progress, by (cluster, id).
     live: Mutex<HashMap<(String, String), LiveInfo>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One run at a time per (cluster, job kind): scheduled and API-started runs alike.
+    job_locks: Mutex<HashMap<(String, String), JobLock>>,
+    /// The time retention and the scheduler go by; tests replace it.
+    clock: Mutex<Option<crate::clock::Clock>>,
 }
 
 impl Backups {
@@ -75,6 +82,38 @@ impl Backups {
     pub fn cluster_lock(&self, cluster: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(cluster.to_string()).or_default().clone()
+    }
+
+    /// The lock that lets one run of job `kind` (`backup`, `retention`) of `cluster` at a time.
+    pub fn job_lock(&self, cluster: &str, kind: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .job_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        locks
+            .entry((cluster.to_string(), kind.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Replaces the clock (tests move time without waiting for it).
+    pub fn set_clock(&self, clock: crate::clock::Clock) {
+        *self.inner.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some(clock);
+    }
+
+    /// The current time by this state's clock (the system clock unless replaced).
+    pub fn now(&self) -> std::time::SystemTime {
+        let clock = self
+            .inner
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match clock {
+            Some(c) => c(),
+            None => std::time::SystemTime::now(),
+        }
     }
 
     /// The live state of a backup in progress in this process.
@@ -279,6 +318,23 @@ pub async fn delete(
     let removed = delete_objects(archive, &keys).await;
     tracing::info!(cluster, backup = %id, objects = removed, "backup deleted");
     Ok(row.info)
+}
+
+/// Removes a backup retention has marked `deleting` (no keep or redundancy checks: the policy
+/// decided). Its rows go in one transaction, then the objects only it referenced; safe to
+/// repeat after a crash.
+pub async fn remove_marked(
+    archive: &Archive,
+    backups: &Backups,
+    cluster: &str,
+    id: &str,
+) -> Result<usize, BackupError> {
+    let lock = backups.cluster_lock(cluster);
+    let _guard = lock.lock().await;
+    let keys = catalog::remove(&archive.catalog, cluster, id, false).await?;
+    let removed = delete_objects(archive, &keys).await;
+    tracing::info!(cluster, backup = %id, objects = removed, "backup removed by retention");
+    Ok(removed)
 }
 
 /// Deletes objects whose rows are gone; failures are logged (start-up cleanup retries them).

@@ -1,0 +1,641 @@
+//! The checks of `GET /v1/clusters/{c}/check` beyond the archive's own state: the monitored
+//! PostgreSQL (connection, privileges, `wal_level`, archiving settings and failures, system
+//! identifier), the backups (age, `minimum_redundancy`, the newest one failed), WAL continuity
+//! from the oldest retained backup, the newest WAL's age, and free space. Every failed line has a
+//! hint saying what to do. Also `pg_switch_wal()` for `POST /v1/clusters/{c}/switch-wal`.
+
+use std::time::{Duration, SystemTime};
+
+use pgrepl::{ConnInfo, ReplError, ReplicationConnection};
+use pgwal::api::CheckItem;
+use pgwal::name::WalFileName;
+use pgwal::SegmentSize;
+
+use crate::api::AppState;
+use crate::config::ClusterConfig;
+
+/// Every PostgreSQL check together gets at most this long.
+const PG_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn ok(name: &str, message: String) -> CheckItem {
+    CheckItem {
+        name: name.into(),
+        ok: true,
+        message,
+        hint: None,
+    }
+}
+
+fn failed(name: &str, message: String, hint: String) -> CheckItem {
+    CheckItem {
+        name: name.into(),
+        ok: false,
+        message,
+        hint: Some(hint),
+    }
+}
+
+pub fn conninfo(cfg: &ClusterConfig, cluster: &str) -> Result<ConnInfo, String> {
+    let text = cfg.conninfo.as_deref().ok_or_else(|| {
+        format!("cluster {cluster:?} has no conninfo in the server configuration")
+    })?;
+    let ci = ConnInfo::parse(text)
+        .map_err(|e| format!("the conninfo of cluster {cluster:?} is invalid: {e}"))?;
+    Ok(ci.with_password(cfg.password.clone()))
+}
+
+fn describe(e: &ReplError) -> (String, String) {
+    (
+        e.to_string(),
+        e.hint().unwrap_or_else(|| {
+            "check conninfo, pg_hba.conf, the password, and that PostgreSQL is running".into()
+        }),
+    )
+}
+
+/// The first row of the first result set, as text values.
+async fn row(
+    conn: &mut ReplicationConnection,
+    sql: &str,
+) -> Result<Vec<Option<String>>, ReplError> {
+    let sets = conn.query(sql).await?;
+    // No result set (not expected from a SELECT): empty values, which every check reads as
+    // "not as wanted".
+    let Some(set) = sets
+        .iter()
+        .find(|s| !s.columns.is_empty() && !s.rows.is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    let mut values = Vec::with_capacity(set.columns.len());
+    for c in 0..set.columns.len() {
+        values.push(set.text(0, c)?.map(str::to_string));
+    }
+    Ok(values)
+}
+
+fn col(r: &[Option<String>], i: usize) -> String {
+    r.get(i).cloned().flatten().unwrap_or_default()
+}
+
+/// Appends the PostgreSQL checks; one OK line when the cluster has no conninfo.
+pub async fn postgres_checks(state: &AppState, cluster: &str, checks: &mut Vec<CheckItem>) {
+    let cfg = state.config.cluster(cluster);
+    if cfg.conninfo.is_none() {
+        checks.push(ok(
+            "PostgreSQL",
+            "no conninfo: PostgreSQL checks skipped".into(),
+        ));
+        return;
+    }
+    let mut found = Vec::new();
+    let result = tokio::time::timeout(
+        PG_CHECK_TIMEOUT,
+        pg_checks(state, cluster, &cfg, &mut found),
+    )
+    .await;
+    checks.extend(found);
+    if result.is_err() {
+        checks.push(failed(
+            "PostgreSQL",
+            format!("no answer within {PG_CHECK_TIMEOUT:?}"),
+            "check that PostgreSQL is running and reachable from the archive server".into(),
+        ));
+    }
+}
+
+async fn pg_checks(
+    state: &AppState,
+    cluster: &str,
+    cfg: &ClusterConfig,
+    checks: &mut Vec<CheckItem>,
+) {
+    let ci = match conninfo(cfg, cluster) {
+        Ok(ci) => ci,
+        Err(m) => {
+            checks.push(failed(
+                "PostgreSQL",
+                m,
+                format!("fix [clusters.{cluster}] conninfo in the server configuration"),
+            ));
+            return;
+        }
+    };
+    let target = ci.target();
+    let mut conn = match ReplicationConnection::connect_database(&ci).await {
+        Ok(c) => c,
+        Err(e) => {
+            let (m, hint) = describe(&e);
+            checks.push(failed(
+                "PostgreSQL",
+                format!("cannot connect to {target}: {m}"),
+                hint,
+            ));
+            return;
+        }
+    };
+    checks.push(ok(
+        "PostgreSQL",
+        format!(
+            "connected to {target} (PostgreSQL {}) as {}",
+            conn.parameter("server_version").unwrap_or("?"),
+            conn.user()
+        ),
+    ));
+    if let Err(e) = queries(state, cluster, cfg, &mut conn, checks).await {
+        let (m, hint) = describe(&e);
+        checks.push(failed("PostgreSQL queries", m, hint));
+    }
+    conn.close().await;
+}
+
+async fn queries(
+    state: &AppState,
+    cluster: &str,
+    cfg: &ClusterConfig,
+    conn: &mut ReplicationConnection,
+    checks: &mut Vec<CheckItem>,
+) -> Result<(), ReplError> {
+    let user = conn.user().to_string();
+    let r = row(
+        conn,
+        "SELECT rolsuper OR rolreplication FROM pg_catalog.pg_roles WHERE rolname = current_user",
+    )
+    .await?;
+    checks.push(if col(&r, 0) == "t" {
+        ok(
+            "role privileges",
+            format!("role {user} may take backups and stream WAL (superuser or REPLICATION)"),
+        )
+    } else {
+        failed(
+            "role privileges",
+            format!("role {user} has neither SUPERUSER nor REPLICATION"),
+            format!(
+                "ALTER ROLE {user} REPLICATION; and allow it a replication line in pg_hba.conf"
+            ),
+        )
+    });
+
+    let r = row(
+        conn,
+        "SELECT current_setting('wal_level'), current_setting('archive_mode'), \
+         current_setting('archive_command')",
+    )
+    .await?;
+    let (wal_level, archive_mode, archive_command) = (col(&r, 0), col(&r, 1), col(&r, 2));
+    checks.push(if wal_level == "replica" || wal_level == "logical" {
+        ok("wal_level", format!("wal_level = {wal_level}"))
+    } else {
+        failed(
+            "wal_level",
+            format!("wal_level = {wal_level}: WAL of this level cannot restore a backup"),
+            "set wal_level = replica in postgresql.conf and restart PostgreSQL".into(),
+        )
+    });
+    let wanted = format!("--cluster {cluster}");
+    let archiving_on = archive_mode == "on" || archive_mode == "always";
+    checks.push(if cfg.streaming {
+        ok(
+            "archive_command",
+            format!(
+                "streaming = true: the receiver pulls WAL, so archive_command may be anything \
+                 (archive_mode = {archive_mode}, archive_command = {archive_command:?})"
+            ),
+        )
+    } else if archiving_on
+        && archive_command.contains("wal-archive")
+        && archive_command.contains(&wanted)
+    {
+        ok(
+            "archive_command",
+            format!("archive_mode = {archive_mode}, archive_command = {archive_command:?}"),
+        )
+    } else {
+        failed(
+            "archive_command",
+            format!("archive_mode = {archive_mode}, archive_command = {archive_command:?}"),
+            format!(
+                "set archive_mode = on (needs a restart) and archive_command = \
+                 'wal-archive push --cluster {cluster} %p', or streaming = true in the server's \
+                 [clusters.{cluster}]"
+            ),
+        )
+    });
+
+    let r = row(
+        conn,
+        "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_wal, \
+         last_archived_time, (last_failed_time IS NOT NULL AND (last_archived_time IS NULL OR \
+         last_failed_time > last_archived_time)) FROM pg_catalog.pg_stat_archiver",
+    )
+    .await?;
+    let failing = col(&r, 5) == "t";
+    let last_ok = match col(&r, 3) {
+        s if s.is_empty() => "none yet".to_string(),
+        s => format!("{s} at {}", col(&r, 4)),
+    };
+    checks.push(if !failing {
+        ok(
+            "continuous archiving",
+            format!("no failure since the last success (last archived: {last_ok})"),
+        )
+    } else if cfg.streaming {
+        ok(
+            "continuous archiving",
+            format!(
+                "archive_command fails ({} failures, last on {} at {}), but the receiver streams \
+                 WAL, so the archive does not depend on it",
+                col(&r, 0),
+                col(&r, 1),
+                col(&r, 2)
+            ),
+        )
+    } else {
+        failed(
+            "continuous archiving",
+            format!(
+                "archive_command is failing: {} failures, the last on {} at {} (last archived: \
+                 {last_ok})",
+                col(&r, 0),
+                col(&r, 1),
+                col(&r, 2)
+            ),
+            format!(
+                "read the archive_command error in the PostgreSQL log; run `wal-archive push \
+                 --cluster {cluster} pg_wal/{}` by hand as the postgres user to see it. \
+                 PostgreSQL keeps the WAL until archiving succeeds (watch pg_wal's size)",
+                col(&r, 1)
+            ),
+        )
+    });
+
+    let r = row(
+        conn,
+        "SELECT system_identifier FROM pg_catalog.pg_control_system()",
+    )
+    .await?;
+    let pg_sysid = col(&r, 0);
+    let bound = state
+        .archive
+        .catalog
+        .cluster(cluster)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.system_identifier);
+    checks.push(match bound {
+        None => ok(
+            "system identifier",
+            format!("PostgreSQL is system {pg_sysid}; the archive is not bound to a system yet"),
+        ),
+        Some(b) if b.to_string() == pg_sysid => ok(
+            "system identifier",
+            format!("{pg_sysid}, as in the archive"),
+        ),
+        Some(b) => failed(
+            "system identifier",
+            format!(
+                "PostgreSQL at the conninfo is system {pg_sysid}, but the archive of cluster \
+                 {cluster:?} holds WAL of system {b}"
+            ),
+            format!(
+                "conninfo points at another database system: fix [clusters.{cluster}] conninfo, \
+                 or archive this system under another cluster name"
+            ),
+        ),
+    });
+    Ok(())
+}
+
+fn age_text(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// The period of a schedule (between its next two fire times).
+fn schedule_period(spec: &str) -> Option<Duration> {
+    let s = crate::scheduler::parse_schedule(spec).ok()?;
+    let mut it = s.upcoming(chrono::Utc);
+    let a = it.next()?;
+    let b = it.next()?;
+    (b - a).to_std().ok()
+}
+
+/// Appends the checks that read the catalog and the file system.
+pub async fn archive_checks(state: &AppState, cluster: &str, checks: &mut Vec<CheckItem>) {
+    let cfg = state.config.cluster(cluster);
+    let now = state.backups.now();
+    let cat = &state.archive.catalog;
+    let wal = cat.list_wal(cluster).await.unwrap_or_default();
+
+    // Newest archived segment's age.
+    let max_wal_age = cfg
+        .wal_maximum_age
+        .as_deref()
+        .unwrap_or(crate::config::DEFAULT_WAL_MAXIMUM_AGE);
+    if let (Ok(max), Some(newest)) = (
+        humantime::parse_duration(max_wal_age),
+        wal.iter()
+            .filter(|r| r.state == "ok" && r.kind == "segment")
+            .max_by(|a, b| a.archived_at.cmp(&b.archived_at)),
+    ) {
+        let age = humantime::parse_rfc3339_weak(&newest.archived_at)
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        checks.push(if age <= max {
+            ok(
+                "newest WAL age",
+                format!("{} archived {} ago", newest.name, age_text(age)),
+            )
+        } else {
+            failed(
+                "newest WAL age",
+                format!(
+                    "the newest segment {} was archived {} ago, more than wal_maximum_age = {max_wal_age}",
+                    newest.name,
+                    age_text(age)
+                ),
+                format!(
+                    "check archiving (archive_command or the receiver); on a quiet primary set \
+                     archive_timeout, or run `wal-archive switch-wal --cluster {cluster}`"
+                ),
+            )
+        });
+    }
+
+    // Backups.
+    let mut rows = crate::backup::catalog::list(cat, cluster)
+        .await
+        .unwrap_or_default();
+    let backups_matter =
+        cfg.backup_schedule.is_some() || cfg.retention.is_some() || !rows.is_empty();
+    if backups_matter {
+        crate::retention::annotate(&cfg, &mut rows, now);
+        let done: Vec<_> = rows.iter().filter(|r| r.info.status == "done").collect();
+        let max_age = match &cfg.last_backup_maximum_age {
+            Some(t) => humantime::parse_duration(t).ok(),
+            None => cfg
+                .backup_schedule
+                .as_deref()
+                .and_then(schedule_period)
+                .map(|p| p * 2),
+        };
+        match done.first() {
+            None => checks.push(failed(
+                "last backup",
+                "no done backup".into(),
+                format!("take one: wal-archive backup --cluster {cluster}"),
+            )),
+            Some(newest) => {
+                let at = newest
+                    .info
+                    .end_time
+                    .as_deref()
+                    .unwrap_or(&newest.info.begin_time);
+                let age = humantime::parse_rfc3339_weak(at)
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .unwrap_or_default();
+                checks.push(match max_age {
+                    Some(max) if age > max => failed(
+                        "last backup",
+                        format!(
+                            "the newest done backup {} ended {} ago, more than the maximum age {}",
+                            newest.info.id,
+                            age_text(age),
+                            age_text(max)
+                        ),
+                        format!(
+                            "take one (wal-archive backup --cluster {cluster}) and see why the \
+                             scheduled ones did not run (GET /v1/clusters/{cluster}/jobs)"
+                        ),
+                    ),
+                    _ => ok(
+                        "last backup",
+                        format!("{} ended {} ago", newest.info.id, age_text(age)),
+                    ),
+                });
+            }
+        }
+        let min = cfg.minimum_redundancy as usize;
+        checks.push(if done.len() >= min {
+            ok(
+                "minimum redundancy",
+                format!("{} done backups (minimum_redundancy = {min})", done.len()),
+            )
+        } else {
+            failed(
+                "minimum redundancy",
+                format!(
+                    "{} done backups, fewer than minimum_redundancy = {min}",
+                    done.len()
+                ),
+                format!("take a backup: wal-archive backup --cluster {cluster}"),
+            )
+        });
+        if let Some(newest) = rows.iter().find(|r| r.info.status != "deleting") {
+            checks.push(if newest.info.status == "failed" {
+                failed(
+                    "failed backups",
+                    format!(
+                        "the newest backup {} failed: {}",
+                        newest.info.id,
+                        newest
+                            .info
+                            .reason
+                            .as_deref()
+                            .unwrap_or("no reason recorded")
+                    ),
+                    "fix the cause named in the reason, then take a new backup".into(),
+                )
+            } else {
+                ok(
+                    "failed backups",
+                    format!(
+                        "the newest backup {} is {}",
+                        newest.info.id, newest.info.status
+                    ),
+                )
+            });
+        }
+        checks.extend(wal_continuity(state, cluster, &rows, &wal).await);
+    }
+
+    // Free space.
+    let min_free = cfg
+        .min_free_space_bytes
+        .unwrap_or(crate::config::DEFAULT_MIN_FREE_SPACE_BYTES);
+    checks.push(match free_space(&state.config.data_dir) {
+        Ok(free) if free >= min_free => ok(
+            "free space",
+            format!("{free} bytes free in {}", state.config.data_dir.display()),
+        ),
+        Ok(free) => failed(
+            "free space",
+            format!(
+                "{free} bytes free in {}, less than min_free_space_bytes = {min_free}",
+                state.config.data_dir.display()
+            ),
+            "free space or grow the volume; a tighter retention policy removes old backups and WAL"
+                .into(),
+        ),
+        Err(e) => failed(
+            "free space",
+            format!(
+                "cannot read the free space of {}: {e}",
+                state.config.data_dir.display()
+            ),
+            "check that the data directory exists and is readable".into(),
+        ),
+    });
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+pub fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// WAL gaps from the oldest retained backup's begin segment to the newest archived segment.
+async fn wal_continuity(
+    state: &AppState,
+    cluster: &str,
+    rows: &[crate::backup::catalog::BackupRow],
+    wal: &[crate::catalog::WalRow],
+) -> Option<CheckItem> {
+    let size = state
+        .archive
+        .catalog
+        .cluster(cluster)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.segment_size)
+        .and_then(|z| SegmentSize::new(z).ok())?;
+    let oldest = rows
+        .iter()
+        .filter(|r| r.info.status == "done" && r.info.retention.as_deref() != Some("obsolete"))
+        .filter_map(|r| r.info.begin_wal.as_deref()?.parse::<WalFileName>().ok())
+        .filter_map(|n| Some((n.segno(size)?, n)))
+        .min_by_key(|(n, _)| *n)?;
+    let names: Vec<WalFileName> = wal
+        .iter()
+        .filter(|r| r.state == "ok")
+        .filter_map(|r| r.name.parse::<WalFileName>().ok())
+        .filter(|n| matches!(n, WalFileName::Segment { .. }))
+        .filter(|n| n.segno(size).is_some_and(|s| s >= oldest.0))
+        .collect();
+    let first = names.iter().filter_map(|n| n.segno(size)).min();
+    let mut gaps: Vec<String> = Vec::new();
+    match first {
+        Some(f) if f > oldest.0 => gaps.push(format!(
+            "{} .. {}",
+            oldest.1,
+            WalFileName::segment(oldest.1.timeline(), f - 1, size)
+        )),
+        None => gaps.push(format!("{} and after", oldest.1)),
+        _ => {}
+    }
+    for t in pgwal::ranges::summarize(&names, size) {
+        gaps.extend(t.gaps.iter().map(|(a, b)| format!("{a} .. {b}")));
+    }
+    Some(if gaps.is_empty() {
+        ok(
+            "WAL continuity",
+            format!(
+                "no gap from {} (the oldest retained backup's begin)",
+                oldest.1
+            ),
+        )
+    } else {
+        failed(
+            "WAL continuity",
+            format!(
+                "WAL missing after the oldest retained backup's begin {}: {}",
+                oldest.1,
+                gaps.join(", ")
+            ),
+            format!(
+                "point-in-time recovery cannot cross a gap: push the missing segments from \
+                 pg_wal if PostgreSQL still has them, else take a new backup \
+                 (wal-archive backup --cluster {cluster})"
+            ),
+        )
+    })
+}
+
+/// Why a WAL switch did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("{0}")]
+    NoConninfo(String),
+    #[error("{message}")]
+    Postgres { message: String, hint: String },
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// `pg_switch_wal()` on the cluster; returns the segment it closed.
+///
+/// PostgreSQL rule (`RequestXLogSwitch` in xlog.c): a switch when the current segment has no WAL
+/// since the previous switch does nothing and returns the same position, so an idle cluster
+/// would hand back an already archived segment. A `CHECKPOINT` writes a record first, giving the
+/// switch something to close.
+pub async fn switch_wal(cfg: &ClusterConfig, cluster: &str) -> Result<String, SwitchError> {
+    let ci = conninfo(cfg, cluster).map_err(SwitchError::NoConninfo)?;
+    let pg = |e: ReplError| {
+        let (message, hint) = describe(&e);
+        SwitchError::Postgres { message, hint }
+    };
+    let mut conn = ReplicationConnection::connect_database(&ci)
+        .await
+        .map_err(pg)?;
+    let result = async {
+        // Is the insert position at the very start of a segment (nothing since the last switch)?
+        // Right after a switch the insert position is just past the new segment's long page
+        // header (40 bytes, SizeOfXLogLongPHD).
+        let r = row(
+            &mut conn,
+            "SELECT (pg_walfile_name_offset(pg_current_wal_insert_lsn())).file_offset <= 40",
+        )
+        .await?;
+        if col(&r, 0) == "t" {
+            conn.query("CHECKPOINT").await?;
+        }
+        let r = row(&mut conn, "SELECT pg_walfile_name(pg_switch_wal())").await?;
+        Ok::<_, ReplError>(col(&r, 0))
+    }
+    .await;
+    conn.close().await;
+    result.map_err(pg)
+}
+
+/// Polls the catalog until `segment` of `cluster` is stored.
+pub async fn wait_archived(
+    state: &AppState,
+    cluster: &str,
+    segment: &str,
+    timeout: Duration,
+) -> Result<(), SwitchError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let started = SystemTime::now();
+    loop {
+        if let Ok(Some(r)) = state.archive.catalog.wal(cluster, segment).await {
+            if r.state == "ok" {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SwitchError::Timeout(format!(
+                "segment {segment} was not archived within {} s; check archive_command or the \
+                 receiver (wal-archive check --cluster {cluster})",
+                SystemTime::now()
+                    .duration_since(started)
+                    .unwrap_or_default()
+                    .as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

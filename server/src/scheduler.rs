@@ -1,0 +1,406 @@
+//! Scheduled jobs (DESIGN §5): backups on `backup_schedule` and retention on
+//! `retention_schedule`, in the server's own loop, one task per (cluster, job).
+//!
+//! - One run at a time per cluster and job ([`crate::backup::Backups::job_lock`]); a run that
+//!   finds the previous one still going is recorded `skipped`, and so is a scheduled backup
+//!   that finds a backup already running (one started through the API).
+//! - A run missed while the server was down (the schedule's last fire time before now is later
+//!   than the job's last recorded run) runs once at start, not once per missed fire. A job with
+//!   no recorded run at all starts with the next fire time: a new installation does not take a
+//!   backup the moment it starts.
+//! - Every run is a row of the `jobs` table, served by `GET /v1/clusters/{c}/jobs`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use pgwal::api::{BackupRequest, JobRun};
+use rusqlite::{params, OptionalExtension};
+
+use crate::api::AppState;
+use crate::backup::{self, BackupError};
+use crate::catalog::{Catalog, CatalogError};
+
+/// A crontab: 5 fields (minute precision) or 6/7 with a leading seconds field.
+pub fn parse_schedule(spec: &str) -> Result<cron::Schedule, String> {
+    let fields = spec.split_whitespace().count();
+    let full = match fields {
+        5 => format!("0 {spec}"),
+        6 | 7 => spec.to_string(),
+        n => {
+            return Err(format!(
+                "{n} fields: a schedule has 5 (minute hour day month weekday) or 6 with leading seconds"
+            ))
+        }
+    };
+    cron::Schedule::from_str(&full).map_err(|e| format!("not a crontab schedule: {e}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Backup,
+    Retention,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Retention => "retention",
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Starts one task per scheduled job of every configured cluster; they stop when `shutdown`
+/// turns true.
+pub fn start(
+    state: Arc<AppState>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (cluster, cfg) in &state.config.clusters {
+        let mut jobs = Vec::new();
+        if let Some(spec) = &cfg.backup_schedule {
+            jobs.push((JobKind::Backup, spec.clone()));
+        }
+        if cfg.retention.is_some() {
+            let spec = cfg
+                .retention_schedule
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_RETENTION_SCHEDULE.to_string());
+            jobs.push((JobKind::Retention, spec));
+        }
+        for (kind, spec) in jobs {
+            match parse_schedule(&spec) {
+                Ok(schedule) => {
+                    tracing::info!(cluster = %cluster, job = kind.as_str(), schedule = %spec, "job scheduled");
+                    tasks.push(tokio::spawn(run_schedule(
+                        state.clone(),
+                        cluster.clone(),
+                        kind,
+                        schedule,
+                        shutdown.clone(),
+                    )));
+                }
+                Err(e) => {
+                    tracing::error!(cluster = %cluster, job = kind.as_str(), "schedule {spec:?} ignored: {e}")
+                }
+            }
+        }
+    }
+    tasks
+}
+
+async fn run_schedule(
+    state: Arc<AppState>,
+    cluster: String,
+    kind: JobKind,
+    schedule: cron::Schedule,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let now: DateTime<Utc> = state.backups.now().into();
+    let previous = schedule.after(&now).next_back();
+    match last_run(&state.archive.catalog, &cluster, kind).await {
+        Ok(Some(last)) => {
+            let last_at = last
+                .scheduled_at
+                .as_deref()
+                .unwrap_or(&last.started_at)
+                .to_string();
+            let last_at = humantime::parse_rfc3339_weak(&last_at)
+                .map(DateTime::<Utc>::from)
+                .ok();
+            if let (Some(prev), Some(last_at)) = (previous, last_at) {
+                if prev > last_at {
+                    tracing::info!(cluster = %cluster, job = kind.as_str(), missed = %prev, "running a job missed while the server was down");
+                    run_once(&state, &cluster, kind, "missed", Some(prev.into())).await;
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(cluster = %cluster, job = kind.as_str(), "cannot read the job history: {e}")
+        }
+    }
+    let mut after: DateTime<Utc> = state.backups.now().into();
+    loop {
+        let now: DateTime<Utc> = state.backups.now().into();
+        if now > after {
+            after = now;
+        }
+        let Some(next) = schedule.after(&after).next() else {
+            tracing::info!(cluster = %cluster, job = kind.as_str(), "the schedule never fires again");
+            return;
+        };
+        let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        after = next;
+        let state = state.clone();
+        let cluster2 = cluster.clone();
+        // Runs beside the loop, so that a long backup does not hide the next fire time: that
+        // one finds the job lock taken and is recorded `skipped`.
+        tokio::spawn(async move {
+            run_once(&state, &cluster2, kind, "schedule", Some(next.into())).await;
+        });
+    }
+}
+
+/// Runs `kind` of `cluster` once and records it; returns the recorded run.
+pub async fn run_once(
+    state: &AppState,
+    cluster: &str,
+    kind: JobKind,
+    trigger: &str,
+    scheduled_at: Option<SystemTime>,
+) -> Option<JobRun> {
+    let cat = &state.archive.catalog;
+    let scheduled = scheduled_at.map(rfc3339);
+    let id = match record_start(cat, cluster, kind, trigger, scheduled.clone()).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(
+                cluster,
+                job = kind.as_str(),
+                "cannot record the job run: {e}"
+            );
+            return None;
+        }
+    };
+    let lock = state.backups.job_lock(cluster, kind.as_str());
+    let outcome = match lock.try_lock() {
+        Err(_) => Outcome::Skipped(format!(
+            "the previous {} run of cluster {cluster:?} is still in progress",
+            kind.as_str()
+        )),
+        Ok(_guard) => match kind {
+            JobKind::Backup => run_backup(state, cluster).await,
+            JobKind::Retention => {
+                let cfg = state.config.cluster(cluster);
+                match crate::retention::apply(&state.archive, &state.backups, &cfg, cluster, false)
+                    .await
+                {
+                    Ok(r) => Outcome::Ok(format!(
+                        "removed {} backups and {} WAL files",
+                        r.removed_backups.len(),
+                        r.removed_wal.len()
+                    )),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            }
+        },
+    };
+    let (result, error, detail) = match outcome {
+        Outcome::Ok(d) => ("ok", None, Some(d)),
+        Outcome::Failed(e) => ("failed", Some(e), None),
+        Outcome::Skipped(e) => ("skipped", Some(e), None),
+    };
+    match result {
+        "ok" => tracing::info!(
+            cluster,
+            job = kind.as_str(),
+            trigger,
+            detail = detail.as_deref().unwrap_or(""),
+            "job done"
+        ),
+        _ => tracing::warn!(
+            cluster,
+            job = kind.as_str(),
+            trigger,
+            result,
+            "job {}",
+            error.as_deref().unwrap_or("")
+        ),
+    }
+    crate::metrics::record_job(cluster, kind.as_str(), result);
+    match record_end(cat, id, result, error, detail).await {
+        Ok(run) => Some(run),
+        Err(e) => {
+            tracing::error!(
+                cluster,
+                job = kind.as_str(),
+                "cannot record the job's end: {e}"
+            );
+            None
+        }
+    }
+}
+
+enum Outcome {
+    Ok(String),
+    Failed(String),
+    Skipped(String),
+}
+
+/// Starts a backup and waits for it to end (the job lock is held meanwhile).
+async fn run_backup(state: &AppState, cluster: &str) -> Outcome {
+    let info = match backup::start(
+        &state.archive,
+        &state.config,
+        &state.backups,
+        cluster,
+        BackupRequest::default(),
+    )
+    .await
+    {
+        Ok(info) => info,
+        Err(BackupError::InProgress(m)) => return Outcome::Skipped(m),
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    loop {
+        match backup::catalog::get(&state.archive.catalog, cluster, &info.id).await {
+            Ok(Some(row)) if row.info.status == "done" => {
+                return Outcome::Ok(format!("backup {}", info.id))
+            }
+            Ok(Some(row)) if row.info.status == "failed" => {
+                return Outcome::Failed(format!(
+                    "backup {} failed: {}",
+                    info.id,
+                    row.info.reason.unwrap_or_default()
+                ))
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Outcome::Failed(format!("backup {} vanished", info.id)),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+const JOB_SELECT: &str = "SELECT id, cluster, kind, trigger, scheduled_at, started_at, ended_at, \
+    result, error, detail FROM jobs";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRun> {
+    Ok(JobRun {
+        id: r.get(0)?,
+        cluster: r.get(1)?,
+        kind: r.get(2)?,
+        trigger: r.get(3)?,
+        scheduled_at: r.get(4)?,
+        started_at: r.get(5)?,
+        ended_at: r.get(6)?,
+        result: r.get(7)?,
+        error: r.get(8)?,
+        detail: r.get(9)?,
+    })
+}
+
+pub async fn record_start(
+    cat: &Catalog,
+    cluster: &str,
+    kind: JobKind,
+    trigger: &str,
+    scheduled_at: Option<String>,
+) -> Result<i64, CatalogError> {
+    let (cluster, trigger) = (cluster.to_string(), trigger.to_string());
+    cat.call(move |c| {
+        c.execute(
+            "INSERT INTO jobs (cluster, kind, trigger, scheduled_at, started_at, result)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
+            params![
+                cluster,
+                kind.as_str(),
+                trigger,
+                scheduled_at,
+                crate::catalog::now_rfc3339()
+            ],
+        )?;
+        Ok(c.last_insert_rowid())
+    })
+    .await
+}
+
+pub async fn record_end(
+    cat: &Catalog,
+    id: i64,
+    result: &str,
+    error: Option<String>,
+    detail: Option<String>,
+) -> Result<JobRun, CatalogError> {
+    let result = result.to_string();
+    cat.call(move |c| {
+        c.execute(
+            "UPDATE jobs SET ended_at = ?2, result = ?3, error = ?4, detail = ?5 WHERE id = ?1",
+            params![id, crate::catalog::now_rfc3339(), result, error, detail],
+        )?;
+        Ok(c.query_row(
+            &format!("{JOB_SELECT} WHERE id = ?1"),
+            params![id],
+            job_from_row,
+        )?)
+    })
+    .await
+}
+
+/// The newest recorded run of a job.
+pub async fn last_run(
+    cat: &Catalog,
+    cluster: &str,
+    kind: JobKind,
+) -> Result<Option<JobRun>, CatalogError> {
+    let cluster = cluster.to_string();
+    cat.call(move |c| {
+        Ok(c.query_row(
+            &format!("{JOB_SELECT} WHERE cluster = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1"),
+            params![cluster, kind.as_str()],
+            job_from_row,
+        )
+        .optional()?)
+    })
+    .await
+}
+
+/// The runs of a cluster's jobs, newest first (at most `limit`).
+pub async fn list(cat: &Catalog, cluster: &str, limit: u32) -> Result<Vec<JobRun>, CatalogError> {
+    let cluster = cluster.to_string();
+    cat.call(move |c| {
+        let mut stmt = c.prepare(&format!(
+            "{JOB_SELECT} WHERE cluster = ?1 ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![cluster, limit], job_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+    .await
+}
+
+/// Start-up: runs still marked `running` were interrupted by the server stopping.
+pub async fn fail_interrupted(cat: &Catalog) -> Result<usize, CatalogError> {
+    cat.call(move |c| {
+        Ok(c.execute(
+            "UPDATE jobs SET result = 'failed', ended_at = ?1,
+                 error = 'interrupted: the server stopped during the run'
+             WHERE result = 'running'",
+            params![crate::catalog::now_rfc3339()],
+        )?)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_and_six_field_schedules() {
+        assert!(parse_schedule("0 3 * * *").is_ok());
+        assert!(parse_schedule("*/3 * * * * *").is_ok());
+        assert!(parse_schedule("0 17 * * * *").is_ok());
+        assert!(parse_schedule("every day").is_err());
+        assert!(parse_schedule("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn previous_fire_time() {
+        let s = parse_schedule("0 3 * * *").expect("valid");
+        let now: DateTime<Utc> = "2026-01-02T10:00:00Z".parse().expect("time");
+        let prev = s.after(&now).next_back().expect("prev");
+        assert_eq!(prev.to_rfc3339(), "2026-01-02T03:00:00+00:00");
+    }
+}
