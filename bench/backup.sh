@@ -76,7 +76,7 @@ PGB=(); BK=(); RS=(); TX=(); STORED_FIRST=""; TAR_BYTES=0
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$WORK/out/pgb"
   t=$(now)
-  as_pg "$PGBIN/pg_basebackup" -h "$WORK/sock" -p "$PORT" -D "$WORK/out/pgb" -Ft -X none -c fast -q
+  as_pg "$PGBIN/pg_basebackup" -h "$WORK/sock" -p "$PORT" -D "$WORK/out/pgb" -Ft -X none -c fast
   PGB+=("$(since "$t")")
   TAR_BYTES=$(du -sb "$WORK/out/pgb" | cut -f1)
 
