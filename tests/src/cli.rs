@@ -23,9 +23,14 @@ pub struct Cli {
 impl Cli {
     /// The test's copy of `wal-archive`, run from the test directory, with a clean environment.
     pub fn new(dir: &TestDir) -> Result<Cli> {
+        // The helper's records and spool go inside the test directory (see Pg::start).
+        let runtime = dir.pg_subdir("xdg-runtime")?;
         Ok(Cli {
             bin: dir.cli_bin()?,
-            env: Vec::new(),
+            env: vec![(
+                "XDG_RUNTIME_DIR".to_string(),
+                runtime.to_string_lossy().into_owned(),
+            )],
             cwd: dir.path().to_path_buf(),
             timeout: Duration::from_secs(60),
         })

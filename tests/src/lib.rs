@@ -25,6 +25,10 @@
 //! - `streaming_errors.rs`: what a DBA gets wrong on the PostgreSQL side (REPLICATION attribute,
 //!   pg_hba.conf, a busy slot, max_replication_slots, the password): reported by the receiver
 //!   status, `check` and the log, and healed without restarting the server once fixed.
+//! - `lookahead.rs`: look-ahead push; a stale acknowledgement record never yields a false 0; a
+//!   backlog of `.ready` segments archived mostly from records.
+//! - `prefetch.rs`: the fetch spool; a corrupted spooled file is never handed over; recovery
+//!   across a promotion's timeline switch with prefetch on.
 
 pub mod background;
 pub mod backup;

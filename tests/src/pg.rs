@@ -253,6 +253,9 @@ impl Pg {
     pub fn start(&self) -> Result<()> {
         let mut cmd = self.pg_ctl()?;
         cmd.args(["start", "-w", "-t", "60", "-l"]).arg(&self.log);
+        // archive_command / restore_command keep their look-ahead records and prefetch spool
+        // under $XDG_RUNTIME_DIR: inside the test directory, removed with it.
+        cmd.env("XDG_RUNTIME_DIR", self._dir.pg_subdir("xdg-runtime")?);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -24,7 +24,8 @@ pub struct GlobalArgs {
     /// Access token. Prefer WAL_ARCHIVE_TOKEN or a config file: arguments are visible in `ps`.
     #[arg(long, global = true, env = "WAL_ARCHIVE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Client configuration file (TOML: url, token, retry_for).
+    /// Client configuration file (TOML: url, token, retry_for, ca_file, look_ahead, parallel,
+    /// prefetch, prefetch_max_bytes, spool_dir, compress_level).
     #[arg(long, global = true, env = "WAL_ARCHIVE_CONFIG")]
     pub config: Option<PathBuf>,
     /// PEM file of the CA that signed the server's certificate (for https:// URLs with a
@@ -38,6 +39,29 @@ pub struct GlobalArgs {
     /// [default: 60, or 10 for `fetch` in standby mode].
     #[arg(long, global = true, env = "WAL_ARCHIVE_RETRY_FOR")]
     pub retry_for: Option<u64>,
+    /// push: also send up to N more files PostgreSQL has marked `.ready`, and remember what the
+    /// server acknowledged so that later calls for them return at once (0 = off) [default: 16].
+    #[arg(long, global = true, value_name = "N")]
+    pub look_ahead: Option<usize>,
+    /// push/fetch: look-ahead uploads or prefetch downloads at once [default: 2].
+    #[arg(long, global = true, value_name = "P", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: Option<u16>,
+    /// fetch: keep the next N segments after the requested one in the spool (0 = off)
+    /// [default: 8].
+    #[arg(long, global = true, value_name = "N")]
+    pub prefetch: Option<usize>,
+    /// fetch: most bytes the prefetch spool may hold [default: 1073741824].
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub prefetch_max_bytes: Option<u64>,
+    /// Where push keeps its acknowledgement records and fetch its prefetch spool [default:
+    /// ${XDG_RUNTIME_DIR:-/tmp}/wal-archive-UID/HASH, HASH of the absolute pg_wal path, the
+    /// server URL and the cluster]. Never inside the data directory: base backups copy it.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// push: zstd-compress the body at this level before sending (0 = off, the default), for
+    /// links where the network is the limit.
+    #[arg(long, global = true, value_name = "L", value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compress_level: Option<i32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,6 +85,30 @@ pub enum Command {
         /// recovery [default: the current directory, where PostgreSQL runs restore_command].
         #[arg(long)]
         pgdata: Option<PathBuf>,
+    },
+    /// Apply the cluster's retention policy now (the server also runs it on schedule).
+    Retention {
+        #[arg(long)]
+        cluster: String,
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Runs of scheduled and requested jobs (backups, retention), newest first.
+    Jobs {
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Run pg_switch_wal() on the cluster (after a checkpoint on an idle one).
+    SwitchWal {
+        #[arg(long)]
+        cluster: String,
+        /// Wait until the closed segment is in the archive.
+        #[arg(long)]
+        archive: bool,
+        /// Seconds to wait for it with --archive.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Check the archive of a cluster: one line per check, OK or FAILED with the fix.
     Check {

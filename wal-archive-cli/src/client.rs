@@ -133,17 +133,30 @@ impl Client {
         read_json(self.get(path, false)?, &[200])
     }
 
+    /// `PUT` of a file, `sha256` being that of its uncompressed bytes. With `compress_level`
+    /// above 0 the body is zstd-compressed on the fly (`Content-Encoding: zstd`) and sent
+    /// chunked; the server verifies the decompressed bytes against `sha256` and stores the
+    /// compressed stream as sent.
     pub fn put_file(
         &self,
         path: &str,
         file: &std::fs::File,
         sha256: &str,
+        compress_level: i32,
     ) -> Result<Response<Body>, Failure> {
-        self.authorize(self.agent.put(self.url(path)))
+        let req = self
+            .authorize(self.agent.put(self.url(path)))
             .header(pgwal::api::CONTENT_SHA256_HEADER, sha256)
-            .header("Content-Type", "application/octet-stream")
-            .send(file)
-            .map_err(transport_failure)
+            .header("Content-Type", "application/octet-stream");
+        if compress_level > 0 {
+            let mut encoder = zstd::stream::read::Encoder::new(file, compress_level)
+                .map_err(|e| Failure::Fatal(format!("cannot start compression: {e}")))?;
+            req.header("Content-Encoding", "zstd")
+                .send(ureq::SendBody::from_reader(&mut encoder))
+                .map_err(transport_failure)
+        } else {
+            req.send(file).map_err(transport_failure)
+        }
     }
 }
 

@@ -6,10 +6,13 @@
 //! - server unreachable after the retry window, or a copy that fails verification: 1 in standby
 //!   mode (the standby keeps retrying and may stream from its primary meanwhile), 255 in archive
 //!   recovery, so PostgreSQL stops instead of ending recovery early at the wrong point.
+//!
+//! With prefetch on (the default, 8 segments), the file may come from the verified prefetch
+//! spool, and the call may fill the spool, bounded, before it exits ([`crate::spool`]).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER};
 use pgwal::checksum::Sha256;
@@ -17,6 +20,7 @@ use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::TempFile;
+use crate::spool::{Spool, FILL_DEADLINE};
 
 /// Exit status that makes PostgreSQL abort recovery (anything above 125 does).
 pub const EXIT_ABORT_RECOVERY: u8 = 255;
@@ -54,6 +58,45 @@ pub fn fetch(
     let name: WalFileName = walname
         .parse()
         .map_err(|e| Failure::Fatal(format!("{walname:?} is not a WAL file name: {e}")))?;
+    let spool = if client.settings.prefetch > 0 {
+        Spool::open(client, cluster, dest)
+    } else {
+        None
+    };
+    let Some(spool) = spool else {
+        return fetch_from_server(client, cluster, &name, dest, window, allow_partial);
+    };
+    spool.on_request(&name);
+    let outcome = match spool.hand_over(&name, dest) {
+        Some(size) => {
+            eprintln!("wal-archive fetch: {name} from the prefetch spool");
+            Outcome::Restored { size }
+        }
+        None => fetch_from_server(client, cluster, &name, dest, window, allow_partial)?,
+    };
+    // The file PostgreSQL asked for is in place; now, bounded, fill the spool for the next
+    // calls. Nothing here changes the outcome.
+    if let Outcome::Restored { size } = outcome {
+        match name {
+            WalFileName::History { tli } => spool.on_history(tli),
+            WalFileName::Segment { .. } => {
+                let deadline = Instant::now() + FILL_DEADLINE.min(window);
+                spool.fill(client, cluster, &name, size, deadline);
+            }
+            _ => {}
+        }
+    }
+    Ok(outcome)
+}
+
+fn fetch_from_server(
+    client: &Client,
+    cluster: &str,
+    name: &WalFileName,
+    dest: &Path,
+    window: Duration,
+    allow_partial: bool,
+) -> Result<Outcome, Failure> {
     // In archive recovery the segment being streamed may be served zero-filled after its last
     // durable byte, so that recovery can reach the last streamed byte; a standby streams that
     // part from its primary instead.
@@ -65,7 +108,7 @@ pub fn fetch(
     with_retries(window, &format!("fetch {name}"), || {
         let resp = client.get(&url_path, true)?;
         match resp.status().as_u16() {
-            200 => download(resp, dest).map(|size| Outcome::Restored { size }),
+            200 => download(resp, dest).map(|(size, _)| Outcome::Restored { size }),
             404 => Ok(Outcome::NotFound),
             _ => Err(status_failure(resp)),
         }
@@ -78,7 +121,11 @@ fn header<'a>(resp: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<
 
 /// Streams the body through zstd (if encoded) and SHA-256 into a temp file beside `dest`, then
 /// makes it durable there only if the checksum and size match what the server cataloged.
-fn download(resp: ureq::http::Response<ureq::Body>, dest: &Path) -> Result<u64, Failure> {
+/// Returns the size and SHA-256 (hex) written.
+pub fn download(
+    resp: ureq::http::Response<ureq::Body>,
+    dest: &Path,
+) -> Result<(u64, String), Failure> {
     let expected_sha = header(&resp, CONTENT_SHA256_HEADER)
         .map(str::to_ascii_lowercase)
         .ok_or_else(|| Failure::Fatal("the server sent no checksum header".into()))?;
@@ -114,10 +161,10 @@ fn download(resp: ureq::http::Response<ureq::Body>, dest: &Path) -> Result<u64, 
     }
     tmp.persist(dest)
         .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", dest.display())))?;
-    Ok(size)
+    Ok((size, sha))
 }
 
-fn copy_hashing(mut src: impl Read, dst: &mut impl Write) -> io::Result<(String, u64)> {
+pub fn copy_hashing(mut src: impl Read, dst: &mut impl Write) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;

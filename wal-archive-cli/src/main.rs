@@ -7,11 +7,15 @@ mod check;
 mod client;
 mod durable;
 mod fetch;
+mod lookahead;
 mod manifest;
+mod ops;
 mod progress;
 mod push;
 mod restore;
 mod settings;
+mod spool;
+mod state;
 mod wal;
 
 use std::process::ExitCode;
@@ -89,6 +93,46 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { cluster, nagios } => check::run(&client, &cluster, json, nagios),
+        Command::Retention { cluster, dry_run } => match ops::retention(&client, &cluster, dry_run)
+        {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    ops::print_retention(&r);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("retention", &e),
+        },
+        Command::Jobs { cluster } => match ops::jobs(&client, &cluster) {
+            Ok(j) => {
+                if json {
+                    print_json(&j);
+                } else {
+                    ops::print_jobs(&j);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("jobs", &e),
+        },
+        Command::SwitchWal {
+            cluster,
+            archive,
+            timeout,
+        } => match ops::switch_wal(&client, &cluster, archive, timeout) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else if archive {
+                    println!("switched: {} closed and archived", r.segment);
+                } else {
+                    println!("switched: {} closed", r.segment);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("switch-wal", &e),
+        },
         Command::Wal { cluster } => match wal::report(&client, &cluster) {
             Ok(r) => {
                 if json {

@@ -1,16 +1,22 @@
 //! `wal-archive push`: PostgreSQL's archive_command. Exit 0 only once the server says the file is
-//! durably stored (201) or an identical copy already was (200) — DESIGN §4.
+//! durably stored (201) or an identical copy already was (200), or an acknowledgement record
+//! proves the server holds exactly this file's bytes ([`crate::lookahead`]) — DESIGN §4.
+//!
+//! With look-ahead on (the default, 16 files), the next files marked `.ready` are sent on
+//! `parallel` threads while the requested one is pushed; the process waits for them (one
+//! attempt each) before it exits. The requested file's result alone decides the exit code.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use pgwal::api::PutResponse;
-use pgwal::checksum::Sha256;
 use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
+use crate::lookahead::{self, Check, Records};
+use crate::state;
 
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 
@@ -24,14 +30,69 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
             "{name:?} is not a WAL file name PostgreSQL archives: {e}"
         ))
     })?;
-    let sha256 = hash_file(path)?;
-    let url_path = format!("/v1/clusters/{cluster}/wal/{wal_name}");
+    let look_ahead = client.settings.look_ahead;
+    let pg_wal = state::parent_dir(path);
+    let records = if look_ahead > 0 {
+        Records::open(client, cluster, &pg_wal)
+    } else {
+        None
+    };
+    let mut known_sha = None;
+    if let Some(records) = &records {
+        records.sweep();
+        match records.check(&wal_name, path)? {
+            Check::Acknowledged(resp) => {
+                eprintln!(
+                    "wal-archive push: {wal_name} already acknowledged by the server \
+                     (look-ahead, SHA-256 {}); not sent again",
+                    resp.sha256
+                );
+                return Ok(resp);
+            }
+            Check::Push { sha256 } => known_sha = sha256,
+        }
+    }
+    let sha256 = match known_sha {
+        Some(s) => s,
+        None => lookahead::hash_file(path)?.0,
+    };
+    let ahead = match &records {
+        Some(r) => lookahead::candidates(&pg_wal, &wal_name, r, look_ahead),
+        None => Vec::new(),
+    };
     let window = client.settings.retry_for.unwrap_or(DEFAULT_RETRY);
+    let deadline = Instant::now() + window;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if let (Some(records), false) = (&records, ahead.is_empty()) {
+            let (stop, pg_wal) = (&stop, &pg_wal);
+            s.spawn(move || {
+                lookahead::push_ahead(client, cluster, pg_wal, ahead, records, stop, deadline)
+            });
+        }
+        let result = push_requested(client, cluster, path, &wal_name, &sha256, window);
+        if result.is_err() {
+            // No new look-ahead uploads once the file PostgreSQL waits for has failed.
+            stop.store(true, Ordering::SeqCst);
+        }
+        result
+    })
+}
+
+fn push_requested(
+    client: &Client,
+    cluster: &str,
+    path: &Path,
+    wal_name: &WalFileName,
+    sha256: &str,
+    window: Duration,
+) -> Result<PutResponse, Failure> {
+    let url_path = format!("/v1/clusters/{cluster}/wal/{wal_name}");
     with_retries(window, &format!("push {wal_name}"), || {
         // Re-open for every attempt so each sends the file from its start.
         let file = File::open(path)
             .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
-        let mut resp = client.put_file(&url_path, &file, &sha256)?;
+        let mut resp = client.put_file(&url_path, &file, sha256, client.settings.compress_level)?;
         match resp.status().as_u16() {
             200 | 201 => resp
                 .body_mut()
@@ -40,21 +101,4 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
             _ => Err(status_failure(resp)),
         }
     })
-}
-
-fn hash_file(path: &Path) -> Result<String, Failure> {
-    let mut file = File::open(path)
-        .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Failure::Fatal(format!("cannot read {}: {e}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finish_hex())
 }

@@ -1,0 +1,400 @@
+//! Look-ahead push: while `push` sends the file PostgreSQL asked for, it also sends the next
+//! files PostgreSQL has marked `.ready` in `archive_status/`, and records durably what the
+//! server acknowledged, so that PostgreSQL's later calls for those names return 0 at once.
+//!
+//! # Acknowledgement records
+//!
+//! One JSON file per WAL name in `STATE/acks/`, written with temp file + fsync + rename +
+//! directory fsync ([`crate::durable`]). A record holds the server URL and cluster, the SHA-256
+//! and size the server acknowledged for the name, and the identity of the file that was hashed
+//! (device, inode, size, mtime_ns, ctime_ns, taken before and re-checked after hashing).
+//!
+//! **Invariant: a record yields exit 0 only for the exact bytes the server holds.** A name
+//! alone proves nothing: after a restore or a re-initialised cluster the same name holds other
+//! bytes. A later call trusts a record only if
+//! - it names the same server URL and cluster, and is less than a day old; and
+//! - the current file's identity equals the recorded one exactly, or else the file's SHA-256
+//!   (computed now) and size equal the recorded ones.
+//!
+//! Otherwise the record is deleted and the file is pushed normally (201/200, or the server's
+//! 409/422 → exit 1). A record is deleted once used. The server checks `X-Content-Sha256`
+//! against the bytes it receives, so a file that changed between hashing and sending is refused
+//! and never recorded.
+//!
+//! # Bounds
+//!
+//! Look-ahead uploads run on at most `parallel` threads inside the same `push` process, one
+//! attempt each, started only while the requested file's push has not failed; the process
+//! waits for them before it exits, so nothing outlives the call. Their failures are logged and
+//! leave no record; the requested file's own push alone decides the exit code.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use pgwal::api::PutResponse;
+use pgwal::checksum::Sha256;
+use pgwal::name::{WalFileKind, WalFileName};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{status_failure, Client, Failure};
+use crate::durable::TempFile;
+use crate::state::{self, Identity};
+
+/// Records older than this are never trusted and are swept.
+const RECORD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    url: String,
+    cluster: String,
+    name: String,
+    sha256: String,
+    size: u64,
+    stored_size: u64,
+    identity: Identity,
+    acknowledged_at: u64,
+}
+
+/// What a record says about the file PostgreSQL asked to push.
+pub enum Check {
+    /// The server holds exactly this file: exit 0 without contacting it.
+    Acknowledged(PutResponse),
+    /// Push it; `sha256` is the file's hash if computing it was needed to decide.
+    Push { sha256: Option<String> },
+}
+
+/// The acknowledgement records of one (pg_wal, server, cluster).
+pub struct Records {
+    dir: PathBuf,
+    url: String,
+    cluster: String,
+}
+
+impl Records {
+    /// Opens (creating) `STATE/acks`; `None` (logged) when the state directory is unusable.
+    pub fn open(client: &Client, cluster: &str, pg_wal: &Path) -> Option<Records> {
+        let opened =
+            state::dir(&client.settings, cluster, pg_wal).and_then(|d| state::subdir(&d, "acks"));
+        match opened {
+            Ok(dir) => Some(Records {
+                dir,
+                url: client.settings.url.clone(),
+                cluster: cluster.to_string(),
+            }),
+            Err(e) => {
+                eprintln!("wal-archive push: look-ahead off: no state directory: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(name.to_string())
+    }
+
+    fn has(&self, name: &WalFileName) -> bool {
+        self.path(name).exists()
+    }
+
+    /// Removes records older than a day and temp files left by a killed process.
+    pub fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| {
+                    age > RECORD_MAX_AGE
+                        || (age > Duration::from_secs(3600)
+                            && entry.file_name().to_string_lossy().ends_with(".tmp"))
+                });
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Decides from the record for `name`, if any, whether `path` is already held by the
+    /// server. The record is consumed either way.
+    pub fn check(&self, name: &WalFileName, path: &Path) -> Result<Check, Failure> {
+        let record_path = self.path(name);
+        let record: Option<Record> = fs::read(&record_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let Some(record) = record else {
+            // Missing, or unreadable debris: nothing to trust.
+            let _ = fs::remove_file(&record_path);
+            return Ok(Check::Push { sha256: None });
+        };
+        // Used (or refused) once, then gone; a crash before this leaves a record that is
+        // still checked against the file next time.
+        let _ = fs::remove_file(&record_path);
+        let fresh =
+            state::now_secs().saturating_sub(record.acknowledged_at) < RECORD_MAX_AGE.as_secs();
+        if record.url != self.url
+            || record.cluster != self.cluster
+            || record.name != name.to_string()
+            || !fresh
+        {
+            return Ok(Check::Push { sha256: None });
+        }
+        let acknowledged = || PutResponse {
+            name: name.to_string(),
+            outcome: "acknowledged".into(),
+            sha256: record.sha256.clone(),
+            size: record.size,
+            stored_size: record.stored_size,
+        };
+        let identity = Identity::of_path(path)
+            .map_err(|e| Failure::Fatal(format!("cannot stat {}: {e}", path.display())))?;
+        if identity == record.identity {
+            return Ok(Check::Acknowledged(acknowledged()));
+        }
+        // Another inode or changed times: only the bytes can tell.
+        let (sha256, size) = hash_file(path)?;
+        if sha256.eq_ignore_ascii_case(&record.sha256) && size == record.size {
+            Ok(Check::Acknowledged(acknowledged()))
+        } else {
+            eprintln!(
+                "wal-archive push: {name}: the file differs from what an earlier look-ahead \
+                 sent (SHA-256 {sha256}, recorded {}); pushing it",
+                record.sha256
+            );
+            Ok(Check::Push {
+                sha256: Some(sha256),
+            })
+        }
+    }
+
+    fn write(&self, record: &Record) -> std::io::Result<()> {
+        let dest = self.dir.join(&record.name);
+        let mut tmp = TempFile::beside(&dest)?;
+        tmp.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+        tmp.persist(&dest)
+    }
+}
+
+/// The files PostgreSQL has marked `.ready` in `pg_wal/archive_status`, in the order its
+/// archiver takes them (history files first, then by name), without `requested`, without
+/// names already recorded, at most `limit`.
+pub fn candidates(
+    pg_wal: &Path,
+    requested: &WalFileName,
+    records: &Records,
+    limit: usize,
+) -> Vec<WalFileName> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir(pg_wal.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<WalFileName> = entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")?
+                .parse::<WalFileName>()
+                .ok()
+        })
+        .filter(|n| n != requested && !records.has(n))
+        .collect();
+    names.sort_by_key(|n| (n.kind() != WalFileKind::History, n.to_string()));
+    names.truncate(limit);
+    names
+}
+
+/// Pushes `names` (files of `pg_wal`) on up to `settings.parallel` threads, one attempt each, writing a
+/// record for each the server acknowledged with our checksum. Starts no upload once `stop` is
+/// set or `deadline` (the end of the push's retry window) has passed. Returns how many were
+/// acknowledged.
+pub fn push_ahead(
+    client: &Client,
+    cluster: &str,
+    pg_wal: &Path,
+    names: Vec<WalFileName>,
+    records: &Records,
+    stop: &AtomicBool,
+    deadline: Instant,
+) -> usize {
+    let queue = Mutex::new(names.into_iter());
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..client.settings.parallel.max(1) {
+            s.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                    return;
+                }
+                let next = match queue.lock() {
+                    Ok(mut q) => q.next(),
+                    Err(_) => return,
+                };
+                let Some(name) = next else { return };
+                match push_one_ahead(client, cluster, pg_wal, &name, records) {
+                    Ok(true) => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("wal-archive push: look-ahead {name}: {e}");
+                        if matches!(e, Failure::Unreachable(_)) {
+                            // The next uploads would fail alike: leave them to later calls.
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner()
+}
+
+/// One look-ahead upload. `Ok(false)`: skipped (the file is gone or changing).
+fn push_one_ahead(
+    client: &Client,
+    cluster: &str,
+    pg_wal: &Path,
+    name: &WalFileName,
+    records: &Records,
+) -> Result<bool, Failure> {
+    let path = pg_wal.join(name.to_string());
+    let Ok(before) = Identity::of_path(&path) else {
+        // Archived and removed meanwhile: nothing to do.
+        return Ok(false);
+    };
+    let (sha256, size) = hash_file(&path)?;
+    match Identity::of_path(&path) {
+        Ok(after) if after == before && size == before.size => {}
+        _ => return Ok(false),
+    }
+    let url_path = format!("/v1/clusters/{cluster}/wal/{name}");
+    let file = File::open(&path)
+        .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
+    let mut resp = client.put_file(&url_path, &file, &sha256, client.settings.compress_level)?;
+    let put = match resp.status().as_u16() {
+        200 | 201 => resp
+            .body_mut()
+            .read_json::<PutResponse>()
+            .map_err(|e| Failure::Fatal(format!("unexpected answer from the server: {e}")))?,
+        _ => return Err(status_failure(resp)),
+    };
+    if !put.sha256.eq_ignore_ascii_case(&sha256) || put.size != size {
+        return Err(Failure::Fatal(format!(
+            "the server acknowledged SHA-256 {} ({} bytes), we sent {sha256} ({size} bytes); \
+             no record written",
+            put.sha256, put.size
+        )));
+    }
+    let record = Record {
+        url: records.url.clone(),
+        cluster: records.cluster.clone(),
+        name: name.to_string(),
+        sha256,
+        size,
+        stored_size: put.stored_size,
+        identity: before,
+        acknowledged_at: state::now_secs(),
+    };
+    records
+        .write(&record)
+        .map_err(|e| Failure::Fatal(format!("cannot write its record: {e}")))?;
+    Ok(true)
+}
+
+/// SHA-256 (hex) and size of a file.
+pub fn hash_file(path: &Path) -> Result<(String, u64), Failure> {
+    let mut file = File::open(path)
+        .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Failure::Fatal(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hasher.finish_hex(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    fn client(spool: &Path, url: &str) -> Client {
+        let mut settings = Settings::resolve(&crate::args::GlobalArgs::default()).expect("s");
+        settings.url = url.into();
+        settings.spool_dir = Some(spool.to_path_buf());
+        Client::new(settings).expect("client")
+    }
+
+    #[test]
+    fn a_record_counts_only_for_the_same_bytes_server_and_cluster() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg_wal = dir.path().join("pg_wal");
+        fs::create_dir_all(pg_wal.join("archive_status")).expect("mkdir");
+        let name: WalFileName = "000000010000000000000003".parse().expect("name");
+        let path = pg_wal.join(name.to_string());
+        fs::write(&path, b"first bytes").expect("write");
+        let c = client(&dir.path().join("state"), "http://a");
+        let records = Records::open(&c, "main", &pg_wal).expect("records");
+        let (sha256, size) = hash_file(&path).expect("hash");
+        let record = |url: &str, cluster: &str| Record {
+            url: url.into(),
+            cluster: cluster.into(),
+            name: name.to_string(),
+            sha256: sha256.clone(),
+            size,
+            stored_size: 1,
+            identity: Identity::of_path(&path).expect("stat"),
+            acknowledged_at: state::now_secs(),
+        };
+        // Same file: trusted, then consumed.
+        records.write(&record("http://a", "main")).expect("write");
+        assert!(matches!(
+            records.check(&name, &path).expect("check"),
+            Check::Acknowledged(_)
+        ));
+        assert!(!records.has(&name));
+        // Another server or cluster: never.
+        for (u, c) in [("http://b", "main"), ("http://a", "other")] {
+            records.write(&record(u, c)).expect("write");
+            assert!(matches!(
+                records.check(&name, &path).expect("check"),
+                Check::Push { .. }
+            ));
+        }
+        // Same name, new file with other bytes (new inode): pushed.
+        records.write(&record("http://a", "main")).expect("write");
+        fs::remove_file(&path).expect("rm");
+        fs::write(&path, b"other bytes").expect("write");
+        assert!(matches!(
+            records.check(&name, &path).expect("check"),
+            Check::Push { sha256: Some(_) }
+        ));
+        // Same bytes in a new file (new inode): trusted after hashing.
+        fs::write(&path, b"first bytes").expect("write");
+        let mut r = record("http://a", "main");
+        r.identity.ino = r.identity.ino.wrapping_add(1);
+        records.write(&r).expect("write");
+        assert!(matches!(
+            records.check(&name, &path).expect("check"),
+            Check::Acknowledged(_)
+        ));
+    }
+}
