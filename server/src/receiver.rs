@@ -234,11 +234,8 @@ impl Receiver {
         }
         let mut timeline =
             pgwal::history::timeline_of_point(start, &spans).unwrap_or(system.timeline);
-        self.remove_stale_partials(
-            size,
-            &WalFileName::segment(timeline, size.segno_of(start), size),
-        )
-        .await?;
+        self.remove_stale_partials(&WalFileName::segment(timeline, size.segno_of(start), size))
+            .await?;
         if start < slot_start {
             tracing::info!(
                 cluster = %self.cluster, start = %start, slot_restart = %restart,
@@ -464,6 +461,7 @@ impl Receiver {
         let Some(name) = path
             .file_name()
             .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ready"))
             .and_then(|n| n.parse::<WalFileName>().ok())
         else {
             return Ok(());
@@ -499,21 +497,15 @@ impl Receiver {
 
     /// Removes segments-in-progress of earlier sessions other than `keep` (the one this session
     /// starts with, which it rewrites from its first byte).
-    async fn remove_stale_partials(
-        &self,
-        size: SegmentSize,
-        keep: &WalFileName,
-    ) -> Result<(), ReceiverError> {
+    async fn remove_stale_partials(&self, keep: &WalFileName) -> Result<(), ReceiverError> {
         let keep = format!("{keep}.partial");
         let mut entries = tokio::fs::read_dir(&self.work_dir).await?;
         while let Some(e) = entries.next_entry().await? {
             let file = e.file_name().to_string_lossy().to_string();
-            if file != keep
-                && file
-                    .parse::<WalFileName>()
-                    .is_ok_and(|n| matches!(n, WalFileName::Partial { .. }))
-                && e.metadata().await?.len() < size.bytes()
-            {
+            let in_progress = file
+                .parse::<WalFileName>()
+                .is_ok_and(|n| matches!(n, WalFileName::Partial { .. }));
+            if file != keep && (in_progress || file.ends_with(".init")) {
                 tokio::fs::remove_file(e.path()).await?;
             }
         }
@@ -530,11 +522,13 @@ impl Receiver {
         while let Some(e) = entries.next_entry().await? {
             let file = e.file_name().to_string_lossy().to_string();
             let full = e.metadata().await?.len() == size.bytes();
+            if file.ends_with(READY_PARTIAL_SUFFIX) {
+                // A timeline's last segment, left by `finish_partial`.
+                partials.push(e.path());
+                continue;
+            }
             match file.parse::<WalFileName>() {
                 Ok(name @ WalFileName::Segment { .. }) if full => complete.push(name),
-                // A timeline's last segment, zero-filled to full size by `finish_partial`
-                // (a segment in progress is never full-size under this name).
-                Ok(WalFileName::Partial { .. }) if full => partials.push(e.path()),
                 _ => {}
             }
         }
@@ -645,23 +639,7 @@ impl SegmentWriter {
             if self.current.is_none() {
                 let name = WalFileName::segment(self.timeline, segno, self.size);
                 let path = self.partial_path(&name);
-                let mut file = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(false)
-                    .open(&path)
-                    .await?;
-                if offset != 0 {
-                    // Streaming always starts at a segment boundary; a mid-segment start means
-                    // the file was begun by this writer earlier and must hold the prefix.
-                    let len = file.metadata().await?.len();
-                    if len < offset {
-                        return Err(ReceiverError::Protocol(format!(
-                            "working file {} has {len} bytes, {offset} expected",
-                            path.display()
-                        )));
-                    }
-                }
+                let mut file = open_preallocated(&path, &self.dir, self.size.bytes()).await?;
                 file.seek(std::io::SeekFrom::Start(offset)).await?;
                 self.current = Some((name, file));
             }
@@ -701,32 +679,64 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// At the end of a timeline: the segment in progress becomes `NAME.partial`, zero-filled to
-    /// the segment size as PostgreSQL's own `.partial` files are.
+    /// At the end of a timeline: the segment in progress becomes `NAME.partial`, zero-filled
+    /// after the switch point as PostgreSQL's own `.partial` files are, and renamed to
+    /// `NAME.partial.ready` (durably) until the archive has stored it.
     async fn finish_partial(&mut self) -> Result<Option<PathBuf>, ReceiverError> {
         let Some((name, file)) = self.current.take() else {
             return Ok(None);
         };
+        let valid = self.size.offset_in_segment(self.received);
+        // Cut what a previous session may have left past the switch point, then zero-fill.
+        file.set_len(valid).await?;
         file.set_len(self.size.bytes()).await?;
         file.sync_all().await?;
         drop(file);
         let path = self.partial_path(&name);
-        let partial_name = WalFileName::Partial {
-            tli: name.timeline(),
-            log: match name {
-                WalFileName::Segment { log, .. } => log,
-                _ => 0,
-            },
-            seg: match name {
-                WalFileName::Segment { seg, .. } => seg,
-                _ => 0,
-            },
-        };
-        let out = self.dir.join(format!("{partial_name}"));
+        let out = self.dir.join(format!("{name}{READY_PARTIAL_SUFFIX}"));
         tokio::fs::rename(&path, &out).await?;
         durability::fsync_dir(&self.dir)?;
         Ok(Some(out))
     }
+}
+
+/// Suffix of a timeline's last segment waiting to be stored as `NAME.partial`.
+const READY_PARTIAL_SUFFIX: &str = ".partial.ready";
+
+/// Opens the working file of a segment, creating it zero-filled to the full segment size first
+/// (as PostgreSQL and pg_receivewal do): later `fdatasync`s then only write data blocks, with no
+/// file-size change to journal, which keeps each flush (and a synchronous commit) short. The
+/// new file and its name are made durable before any byte in it can be reported as flushed.
+async fn open_preallocated(
+    path: &Path,
+    dir: &Path,
+    size: u64,
+) -> Result<tokio::fs::File, ReceiverError> {
+    if let Ok(meta) = tokio::fs::metadata(path).await {
+        if meta.len() == size {
+            return Ok(tokio::fs::OpenOptions::new().write(true).open(path).await?);
+        }
+    }
+    let tmp = path.with_extension("init");
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&tmp)
+        .await?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).await?;
+        left -= n as u64;
+    }
+    file.flush().await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, path).await?;
+    durability::fsync_dir(dir)?;
+    Ok(tokio::fs::OpenOptions::new().write(true).open(path).await?)
 }
 
 #[cfg(test)]
