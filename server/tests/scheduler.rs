@@ -9,133 +9,16 @@
 //! - `missed_run_runs_once_at_start`: the last recorded run is two days old and the daily
 //!   schedule fired since: one `missed` run at start, not one per missed day.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use pgwal::api::{BackupInfo, JobRun};
-use tower::ServiceExt;
-use wal_archive_e2e::{toml_string, Pg, PgOptions, TestDir};
-use wal_archive_server::api::{router, AppState};
-use wal_archive_server::auth::Authorizer;
-use wal_archive_server::config::{Config, Overrides};
+use wal_archive_e2e::{Pg, PgOptions, TestDir};
 use wal_archive_server::scheduler::{self, JobKind};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Env {
-    state: Arc<AppState>,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    _lock: std::fs::File,
-}
-
-impl Env {
-    /// Stops the receivers and waits for them, so that another server can take the data dir.
-    async fn shut_down(mut self) {
-        let _ = self.stop.send(true);
-        for t in std::mem::take(&mut self.tasks) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-fn conninfo(pg: &Pg) -> Result<String> {
-    Ok(format!(
-        "host=127.0.0.1 port={} user={} sslmode=disable connect_timeout=10",
-        pg.port(),
-        pg.superuser()?
-    ))
-}
-
-async fn server(data_dir: &Path, section: &str, streaming: bool) -> Result<Env> {
-    let config = Config::from_toml(
-        &format!("[clusters.main]\n{section}\n"),
-        &Overrides {
-            data_dir: Some(data_dir.to_path_buf()),
-            ..Default::default()
-        },
-    )?;
-    let (archive, lock) = wal_archive_server::open(&config, None).await?;
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (receivers, tasks) = wal_archive_server::start_receivers(&config, &archive, &stop_rx);
-    let state = Arc::new(AppState {
-        archive,
-        auth: Authorizer::new(&[]),
-        config: Arc::new(config.clone()),
-        receivers,
-        backups: Default::default(),
-    });
-    let env = Env {
-        state,
-        stop,
-        tasks,
-        _lock: lock,
-    };
-    if streaming {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let s = env
-                .state
-                .receivers
-                .get("main")
-                .and_then(|s| s.lock().ok().map(|s| s.state.clone()));
-            if s.as_deref() == Some("streaming") {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the receiver never started streaming: {s:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(env)
-}
-
-fn pg_section(pg: &Pg, streaming: bool, extra: &str) -> Result<String> {
-    Ok(format!(
-        "conninfo = {}\nstreaming = {streaming}\nreconnect_max_delay = 1\n{extra}",
-        toml_string(&conninfo(pg)?)
-    ))
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("{}: {}", self.status, String::from_utf8_lossy(&self.body)))
-    }
-}
-
-async fn call_bytes(env: &Env, method: &str, path: &str, body: Vec<u8>) -> Result<Reply> {
-    let mut req = Request::builder().method(method).uri(path);
-    if body.first() == Some(&b'{') {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req.body(Body::from(body))?;
-    let resp = router(env.state.clone()).oneshot(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Reply { status, body })
-}
-
-async fn call(env: &Env, method: &str, path: &str, body: &str) -> Result<Reply> {
-    call_bytes(env, method, path, body.as_bytes().to_vec()).await
-}
+mod common;
+use common::*;
 
 /// Waits until backup `id` has ended; returns it.
 async fn wait_backup(env: &Env, id: &str) -> Result<BackupInfo> {
