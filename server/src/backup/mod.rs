@@ -204,24 +204,40 @@ pub async fn start(
             )))
         }
     };
-    let now = std::time::SystemTime::now();
-    let id = new_id(now);
-    let begin_time = humantime::format_rfc3339_seconds(now).to_string();
-    match catalog::start(&archive.catalog, cluster, &id, &begin_time).await? {
-        catalog::StartOutcome::Started => {}
-        catalog::StartOutcome::InProgress(other) => {
-            return Err(BackupError::InProgress(format!(
-                "backup {other} of cluster {cluster:?} is still in progress; wait for it to end \
-                 (wal-archive show --cluster {cluster} {other})"
-            )))
+    // Ids have one-second resolution. When the previous backup ended within the same second
+    // (its id is taken but nothing runs), wait for the next second rather than refuse: a
+    // system-cron job or a script taking backups back to back must not fail for that.
+    let mut attempts = 0;
+    let (id, begin_time) = loop {
+        let now = std::time::SystemTime::now();
+        let id = new_id(now);
+        let begin_time = humantime::format_rfc3339_seconds(now).to_string();
+        match catalog::start(&archive.catalog, cluster, &id, &begin_time).await? {
+            catalog::StartOutcome::Started => break (id, begin_time),
+            catalog::StartOutcome::InProgress(other) => {
+                return Err(BackupError::InProgress(format!(
+                    "backup {other} of cluster {cluster:?} is still in progress; wait for it to \
+                     end (wal-archive show --cluster {cluster} {other})"
+                )))
+            }
+            catalog::StartOutcome::IdTaken if attempts < 3 => {
+                attempts += 1;
+                let into_second = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let rest = 1_000_000_000u32.saturating_sub(into_second);
+                tokio::time::sleep(std::time::Duration::from_nanos(u64::from(rest) + 1_000_000))
+                    .await;
+            }
+            catalog::StartOutcome::IdTaken => {
+                return Err(BackupError::InProgress(format!(
+                    "a backup of cluster {cluster:?} with id {id} already exists and the clock \
+                     did not move on; try again in a second"
+                )))
+            }
         }
-        catalog::StartOutcome::IdTaken => {
-            return Err(BackupError::InProgress(format!(
-                "a backup of cluster {cluster:?} with id {id} was started this very second; \
-                 try again in a second"
-            )))
-        }
-    }
+    };
     let info = BackupInfo {
         id: id.clone(),
         cluster: cluster.to_string(),
