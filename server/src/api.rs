@@ -334,7 +334,7 @@ async fn put_wal_inner(
     ))
 }
 
-fn accepts_zstd(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_zstd(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -412,18 +412,37 @@ async fn get_wal_inner(
         .get(&row.object_key)
         .await
         .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))?;
-    let mut response = if accepts_zstd(headers) {
+    object_response(
+        stream,
+        accepts_zstd(headers),
+        row.stored_size,
+        row.size,
+        &row.sha256,
+    )
+    .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))
+}
+
+/// The response for a stored object already verified by the caller: the zstd object as stored
+/// when the client accepts zstd (`stored_size` bytes), else decompressed on the fly (`size`
+/// bytes), with the checksum headers.
+pub(crate) fn object_response(
+    stream: crate::storage::BlobStream,
+    zstd: bool,
+    stored_size: u64,
+    size: u64,
+    sha256: &str,
+) -> std::io::Result<Response> {
+    let mut response = if zstd {
         let mut r = Response::new(Body::from_stream(stream));
         r.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
         r.headers_mut().insert(
             header::CONTENT_LENGTH,
-            header_value(&row.stored_size.to_string()),
+            header_value(&stored_size.to_string()),
         );
         r
     } else {
-        let mut dec = Decompressor::new()
-            .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))?;
+        let mut dec = Decompressor::new()?;
         let plain = stream.map(move |chunk| {
             let chunk = chunk.map_err(std::io::Error::other)?;
             let mut out = Vec::new();
@@ -435,10 +454,10 @@ async fn get_wal_inner(
         });
         let mut r = Response::new(Body::from_stream(plain));
         r.headers_mut()
-            .insert(header::CONTENT_LENGTH, header_value(&row.size.to_string()));
+            .insert(header::CONTENT_LENGTH, header_value(&size.to_string()));
         r
     };
-    set_file_headers(response.headers_mut(), &row.sha256, row.size);
+    set_file_headers(response.headers_mut(), sha256, size);
     Ok(response)
 }
 

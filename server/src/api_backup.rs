@@ -4,24 +4,18 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
-use pgwal::api::{
-    BackupFiles, BackupInfo, BackupRequest, ErrorBody, KeepRequest, VerifyReport,
-    CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
-};
+use pgwal::api::{BackupFiles, BackupInfo, BackupRequest, ErrorBody, KeepRequest, VerifyReport};
 
 use crate::api::AppState;
 use crate::archive::ArchiveError;
 use crate::auth::{AuthError, Operation};
 use crate::backup::{self, catalog, BackupError};
 use crate::config::validate_cluster_name;
-use crate::object_format::Decompressor;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -318,19 +312,6 @@ async fn verify_backup(
     Ok(Json(report))
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-fn accepts_zstd(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.split(';').next().map(str::trim) == Some("zstd"))
-}
-
 /// Re-verifies the object end to end, then streams it (zstd as stored when the client accepts
 /// it, else decompressed).
 async fn serve_verified(
@@ -358,43 +339,13 @@ async fn serve_verified(
         .get(key)
         .await
         .map_err(BackupError::from)?;
-    let mut response = if accepts_zstd(headers) {
-        let stored = state
-            .archive
-            .blobs
-            .head(key)
-            .await
-            .map_err(BackupError::from)?
-            .unwrap_or(0);
-        let mut r = Response::new(Body::from_stream(stream));
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, header_value(&stored.to_string()));
-        r
-    } else {
-        let mut dec = Decompressor::new()
-            .map_err(|e| BackupError::Archive(ArchiveError::Storage(e.to_string())))?;
-        let plain = stream.map(move |chunk| {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            let mut out = Vec::new();
-            dec.write(&chunk, |b| {
-                out.extend_from_slice(b);
-                Ok(())
-            })?;
-            Ok::<_, std::io::Error>(bytes::Bytes::from(out))
-        });
-        let mut r = Response::new(Body::from_stream(plain));
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, header_value(&size.to_string()));
-        r
-    };
-    let h = response.headers_mut();
-    h.insert(CONTENT_SHA256_HEADER, header_value(sha));
-    h.insert(CONTENT_SIZE_HEADER, header_value(&size.to_string()));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    Ok(response)
+    let stored = state
+        .archive
+        .blobs
+        .head(key)
+        .await
+        .map_err(BackupError::from)?
+        .unwrap_or(0);
+    crate::api::object_response(stream, crate::api::accepts_zstd(headers), stored, size, sha)
+        .map_err(|e| BackupError::Archive(ArchiveError::Storage(e.to_string())).into())
 }
