@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 /// Header carrying the lowercase hex SHA-256 of a file's uncompressed bytes, in both directions.
 pub const CONTENT_SHA256_HEADER: &str = "x-content-sha256";
+/// Header carrying the lowercase hex XXH3-128 of a file's uncompressed bytes, in both
+/// directions: the helper's cheap check of bytes in transit (see `pgwal::checksum::Xxh3`). On
+/// `PUT` the server refuses a body that does not match it (422 `checksum_mismatch`), as it does
+/// for `X-Content-Sha256`; `GET`/`HEAD` send it for files archived with it recorded.
+pub const CONTENT_XXH3_HEADER: &str = "x-content-xxh3";
 /// Header carrying the uncompressed size of a file served by `GET`/`HEAD`.
 pub const CONTENT_SIZE_HEADER: &str = "x-content-size";
 
@@ -55,6 +60,9 @@ pub struct PutResponse {
     /// `stored` (201) or `already_stored` (200).
     pub outcome: String,
     pub sha256: String,
+    /// XXH3-128 of the uncompressed bytes (absent from older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
     pub size: u64,
     pub stored_size: u64,
 }

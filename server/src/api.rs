@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use pgwal::api::{
     ErrorBody, PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
+    CONTENT_XXH3_HEADER,
 };
 use pgwal::name::WalFileName;
 
@@ -308,11 +309,25 @@ async fn put_wal_inner(
             ))
         }
     };
+    let claimed_xxh3 = match headers.get(CONTENT_XXH3_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(v.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_checksum_header",
+                "X-Content-Xxh3 must be 32 hex digits",
+            ))
+        }
+    };
     let level = state.config.cluster(cluster).compression_level;
     let upload = Upload {
         body: body.into_data_stream(),
         zstd,
         claimed_sha256,
+        claimed_xxh3,
     };
     let r = state
         .archive
@@ -328,6 +343,7 @@ async fn put_wal_inner(
             name: name.to_string(),
             outcome: outcome.into(),
             sha256: r.sha256,
+            xxh3: Some(r.xxh3),
             size: r.size,
             stored_size: r.stored_size,
         },
@@ -418,19 +434,21 @@ async fn get_wal_inner(
         row.stored_size,
         row.size,
         &row.sha256,
+        row.xxh3.as_deref(),
     )
     .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))
 }
 
 /// The response for a stored object already verified by the caller: the zstd object as stored
 /// when the client accepts zstd (`stored_size` bytes), else decompressed on the fly (`size`
-/// bytes), with the checksum headers.
+/// bytes), with the checksum headers (`xxh3` when recorded).
 pub(crate) fn object_response(
     stream: crate::storage::BlobStream,
     zstd: bool,
     stored_size: u64,
     size: u64,
     sha256: &str,
+    xxh3: Option<&str>,
 ) -> std::io::Result<Response> {
     let mut response = if zstd {
         let mut r = Response::new(Body::from_stream(stream));
@@ -457,12 +475,15 @@ pub(crate) fn object_response(
             .insert(header::CONTENT_LENGTH, header_value(&size.to_string()));
         r
     };
-    set_file_headers(response.headers_mut(), sha256, size);
+    set_file_headers(response.headers_mut(), sha256, xxh3, size);
     Ok(response)
 }
 
-fn set_file_headers(h: &mut HeaderMap, sha256: &str, size: u64) {
+fn set_file_headers(h: &mut HeaderMap, sha256: &str, xxh3: Option<&str>, size: u64) {
     h.insert(CONTENT_SHA256_HEADER, header_value(sha256));
+    if let Some(x) = xxh3 {
+        h.insert(CONTENT_XXH3_HEADER, header_value(x));
+    }
     h.insert(CONTENT_SIZE_HEADER, header_value(&size.to_string()));
     h.insert(
         header::CONTENT_TYPE,
@@ -486,7 +507,7 @@ async fn head_wal(
     match row {
         Some(row) if row.state == "ok" => {
             let mut r = StatusCode::OK.into_response();
-            set_file_headers(r.headers_mut(), &row.sha256, row.size);
+            set_file_headers(r.headers_mut(), &row.sha256, row.xxh3.as_deref(), row.size);
             Ok(r)
         }
         Some(_) => {
@@ -613,7 +634,7 @@ async fn serve_in_progress(
             header::CONTENT_LENGTH,
             header_value(&size.bytes().to_string()),
         );
-        set_file_headers(r.headers_mut(), &sha, size.bytes());
+        set_file_headers(r.headers_mut(), &sha, None, size.bytes());
         r.headers_mut()
             .insert("x-wal-partial", HeaderValue::from_static("true"));
         Ok::<_, std::io::Error>(r)

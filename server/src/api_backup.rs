@@ -346,6 +346,13 @@ async fn serve_verified(
         .await
         .map_err(BackupError::from)?
         .unwrap_or(0);
-    crate::api::object_response(stream, crate::api::accepts_zstd(headers), stored, size, sha)
-        .map_err(|e| BackupError::Archive(ArchiveError::Storage(e.to_string())).into())
+    crate::api::object_response(
+        stream,
+        crate::api::accepts_zstd(headers),
+        stored,
+        size,
+        sha,
+        None,
+    )
+    .map_err(|e| BackupError::Archive(ArchiveError::Storage(e.to_string())).into())
 }

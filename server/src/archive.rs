@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use pgwal::checksum::Sha256;
+use pgwal::checksum::{Sha256, Xxh3};
 use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator, ValidationErrorKind};
 use pgwal::segment::SegmentSize;
@@ -87,6 +87,7 @@ pub enum Stored {
 pub struct IngestResult {
     pub stored: Stored,
     pub sha256: String,
+    pub xxh3: String,
     pub size: u64,
     pub stored_size: u64,
 }
@@ -98,6 +99,8 @@ pub struct Upload<S> {
     pub zstd: bool,
     /// `X-Content-Sha256` as claimed by the client, lowercase hex.
     pub claimed_sha256: Option<String>,
+    /// `X-Content-Xxh3` as claimed by the client, lowercase hex.
+    pub claimed_xxh3: Option<String>,
 }
 
 #[derive(Clone)]
@@ -142,6 +145,7 @@ struct Pipeline {
     validator: Option<SegmentValidator>,
     small: Option<Vec<u8>>,
     hasher: Sha256,
+    xxh3: Xxh3,
     size: u64,
     limit: u64,
     compressor: Option<Compressor>,
@@ -161,16 +165,23 @@ impl Pipeline {
                     // Client-compressed bytes are stored as sent.
                     self.out.extend_from_slice(chunk);
                 }
-                let (validator, small, hasher, size, limit) = (
+                let (validator, small, hashers, size, limit) = (
                     &mut self.validator,
                     &mut self.small,
-                    &mut self.hasher,
+                    (&mut self.hasher, &mut self.xxh3),
                     &mut self.size,
                     self.limit,
                 );
                 dec.write(chunk, |plain| {
-                    absorb(validator, small, hasher, size, limit, plain)
-                        .map_err(|e| std::io::Error::other(e.to_string()))
+                    absorb(
+                        validator,
+                        small,
+                        (&mut *hashers.0, &mut *hashers.1),
+                        size,
+                        limit,
+                        plain,
+                    )
+                    .map_err(|e| std::io::Error::other(e.to_string()))
                 })
                 .map_err(|e| {
                     ArchiveError::invalid(
@@ -183,7 +194,7 @@ impl Pipeline {
                 absorb(
                     &mut self.validator,
                     &mut self.small,
-                    &mut self.hasher,
+                    (&mut self.hasher, &mut self.xxh3),
                     &mut self.size,
                     self.limit,
                     chunk,
@@ -201,7 +212,7 @@ impl Pipeline {
 fn absorb(
     validator: &mut Option<SegmentValidator>,
     small: &mut Option<Vec<u8>>,
-    hasher: &mut Sha256,
+    (hasher, xxh3): (&mut Sha256, &mut Xxh3),
     size: &mut u64,
     limit: u64,
     plain: &[u8],
@@ -214,6 +225,7 @@ fn absorb(
         ));
     }
     hasher.update(plain);
+    xxh3.update(plain);
     if let Some(v) = validator.as_mut() {
         v.update(plain).map_err(validation_error)?;
     }
@@ -280,6 +292,7 @@ impl Archive {
                 validator,
                 small: (!segment_like).then(Vec::new),
                 hasher: Sha256::new(),
+                xxh3: Xxh3::new(),
                 size: 0,
                 limit: if segment_like {
                     MAX_SEGMENT_BYTES
@@ -318,7 +331,7 @@ impl Archive {
         let result = self
             .run_pipeline(&mut pipeline, upload, blob.as_deref_mut())
             .await;
-        let (sha256, size) = match result {
+        let (sha256, xxh3, size) = match result {
             Ok(v) => v,
             Err(e) => {
                 if let Some(b) = blob {
@@ -336,14 +349,14 @@ impl Archive {
         }
 
         if let Some(row) = existing {
-            return same_or_conflict(name, &row.sha256, &sha256, size, row.stored_size);
+            return same_or_conflict(name, &row.sha256, &sha256, &xxh3, size, row.stored_size);
         }
         if let Some(row) = &repair {
             if row.sha256 != sha256 {
                 if let Some(b) = blob {
                     b.abort().await;
                 }
-                return same_or_conflict(name, &row.sha256, &sha256, size, row.stored_size);
+                return same_or_conflict(name, &row.sha256, &sha256, &xxh3, size, row.stored_size);
             }
         }
         let Some(mut blob) = blob else {
@@ -385,6 +398,7 @@ impl Archive {
                     timeline: name.timeline(),
                     size,
                     sha256: sha256.clone(),
+                    xxh3: Some(xxh3.clone()),
                     stored_size,
                     object_key: key,
                     archived_at: now_rfc3339(),
@@ -399,6 +413,7 @@ impl Archive {
                 Ok(IngestResult {
                     stored: Stored::Created,
                     sha256,
+                    xxh3,
                     size,
                     stored_size,
                 })
@@ -408,8 +423,14 @@ impl Archive {
                 // a crash): the stored object's own trailer says what it holds.
                 let trailer = self.read_trailer(&key).await?;
                 let stored_size = self.blobs.head(&key).await.ok().flatten().unwrap_or(0);
-                let result =
-                    same_or_conflict(name, &trailer.sha256_hex(), &sha256, size, stored_size)?;
+                let result = same_or_conflict(
+                    name,
+                    &trailer.sha256_hex(),
+                    &sha256,
+                    &xxh3,
+                    size,
+                    stored_size,
+                )?;
                 let row = WalRow {
                     cluster: cluster.to_string(),
                     name: name.to_string(),
@@ -417,6 +438,7 @@ impl Archive {
                     timeline: name.timeline(),
                     size,
                     sha256,
+                    xxh3: Some(xxh3),
                     stored_size,
                     object_key: key,
                     archived_at: now_rfc3339(),
@@ -433,7 +455,7 @@ impl Archive {
         p: &mut Pipeline,
         upload: Upload<S>,
         mut blob: Option<&mut (dyn BlobUpload + '_)>,
-    ) -> Result<(String, u64), ArchiveError>
+    ) -> Result<(String, String, u64), ArchiveError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -470,7 +492,19 @@ impl Archive {
                 ));
             }
         }
-        Ok((sha256, p.size))
+        let xxh3 = p.xxh3.finish_hex();
+        if let Some(claimed) = upload.claimed_xxh3 {
+            if !claimed.eq_ignore_ascii_case(&xxh3) {
+                return Err(ArchiveError::invalid(
+                    "checksum_mismatch",
+                    format!(
+                        "the body's XXH3-128 is {xxh3} but X-Content-Xxh3 says {claimed}: the \
+                         file changed or was damaged in transit"
+                    ),
+                ));
+            }
+        }
+        Ok((sha256, xxh3, p.size))
     }
 
     /// Final content checks once the whole body is in: segment completeness and cluster binding,
@@ -649,6 +683,7 @@ fn same_or_conflict(
     name: &WalFileName,
     stored_sha: &str,
     new_sha: &str,
+    new_xxh3: &str,
     size: u64,
     stored_size: u64,
 ) -> Result<IngestResult, ArchiveError> {
@@ -656,6 +691,7 @@ fn same_or_conflict(
         Ok(IngestResult {
             stored: Stored::AlreadyStored,
             sha256: new_sha.to_string(),
+            xxh3: new_xxh3.to_string(),
             size,
             stored_size,
         })

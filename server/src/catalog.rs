@@ -3,6 +3,11 @@
 //! One connection behind a mutex; every call runs on the blocking pool so the async workers never
 //! wait on SQLite. The catalog is rebuildable from storage (see [`crate::reconcile`]), which is
 //! why rows are written only after their object is durable.
+//!
+//! WAL rows are group-committed: [`Catalog::insert_wal`] queues its row, and whichever caller
+//! gets the connection first writes every queued row in one transaction (a savepoint per row, so
+//! one failing row fails only its own caller); the callers whose rows it wrote find the queue
+//! empty. Under many concurrent uploads this turns one transaction per file into one per burst.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,6 +43,8 @@ pub struct WalRow {
     pub timeline: u32,
     pub size: u64,
     pub sha256: String,
+    /// XXH3-128 of the uncompressed bytes; `None` for rows written before it was recorded.
+    pub xxh3: Option<String>,
     pub stored_size: u64,
     pub object_key: String,
     pub archived_at: String,
@@ -70,13 +77,20 @@ pub enum Binding {
 #[derive(Clone)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
+    wal_queue: Arc<Mutex<Vec<QueuedWalRow>>>,
 }
+
+type QueuedWalRow = (
+    WalRow,
+    tokio::sync::oneshot::Sender<Result<bool, CatalogError>>,
+);
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_initial.sql")),
         M::up(include_str!("../../migrations/0002_backups.sql")),
         M::up(include_str!("../../migrations/0003_jobs_retention.sql")),
+        M::up(include_str!("../../migrations/0004_wal_xxh3.sql")),
     ])
 }
 
@@ -90,6 +104,7 @@ impl Catalog {
         migrations().to_latest(&mut conn)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            wal_queue: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -173,7 +188,26 @@ impl Catalog {
     /// Inserts a row for a durable object. Returns false if a row of that name already existed
     /// (then nothing is changed).
     pub async fn insert_wal(&self, row: WalRow) -> Result<bool, CatalogError> {
-        self.call(move |c| insert_wal(c, &row)).await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.wal_queue
+            .lock()
+            .map_err(|_| CatalogError::Task("catalog queue lock poisoned".into()))?
+            .push((row, tx));
+        let queue = self.wal_queue.clone();
+        self.call(move |c| {
+            let batch = std::mem::take(
+                &mut *queue
+                    .lock()
+                    .map_err(|_| CatalogError::Task("catalog queue lock poisoned".into()))?,
+            );
+            if !batch.is_empty() {
+                insert_wal_batch(c, batch);
+            }
+            Ok(())
+        })
+        .await?;
+        rx.await
+            .map_err(|_| CatalogError::Task("catalog batch dropped the row".into()))?
     }
 
     pub async fn wal(&self, cluster: &str, name: &str) -> Result<Option<WalRow>, CatalogError> {
@@ -253,7 +287,7 @@ impl Catalog {
 }
 
 const WAL_SELECT: &str = "SELECT cluster, name, kind, timeline, size, sha256, stored_size, \
-                          object_key, archived_at, state FROM wal_files";
+                          object_key, archived_at, state, xxh3 FROM wal_files";
 
 fn wal_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WalRow> {
     Ok(WalRow {
@@ -267,7 +301,42 @@ fn wal_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WalRow> {
         object_key: r.get(7)?,
         archived_at: r.get(8)?,
         state: r.get(9)?,
+        xxh3: r.get(10)?,
     })
+}
+
+/// Writes `batch` in one transaction and answers each row's caller.
+fn insert_wal_batch(c: &mut Connection, batch: Vec<QueuedWalRow>) {
+    let mut tx = match c.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(CatalogError::Task(format!("catalog transaction: {e}"))));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for (row, reply) in batch {
+        let result = tx.savepoint().map_err(CatalogError::from).and_then(|sp| {
+            let inserted = insert_wal(&sp, &row)?;
+            sp.commit()?;
+            Ok(inserted)
+        });
+        results.push((result, reply));
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (result, reply) in results {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for (_, reply) in results {
+                let _ = reply.send(Err(CatalogError::Task(format!("catalog commit: {e}"))));
+            }
+        }
+    }
 }
 
 fn insert_wal(c: &Connection, row: &WalRow) -> Result<bool, CatalogError> {
@@ -277,8 +346,9 @@ fn insert_wal(c: &Connection, row: &WalRow) -> Result<bool, CatalogError> {
     )?;
     let n = c.execute(
         "INSERT OR IGNORE INTO wal_files
-         (cluster, name, kind, timeline, size, sha256, stored_size, object_key, archived_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         (cluster, name, kind, timeline, size, sha256, stored_size, object_key, archived_at, state,
+          xxh3)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             row.cluster,
             row.name,
@@ -289,7 +359,8 @@ fn insert_wal(c: &Connection, row: &WalRow) -> Result<bool, CatalogError> {
             row.stored_size,
             row.object_key,
             row.archived_at,
-            row.state
+            row.state,
+            row.xxh3
         ],
     )?;
     Ok(n == 1)
@@ -345,6 +416,7 @@ mod tests {
             timeline: 1,
             size: 16,
             sha256: "00".repeat(32),
+            xxh3: None,
             stored_size: 8,
             object_key: format!("wal/main/{name}.zst"),
             archived_at: now_rfc3339(),
@@ -404,5 +476,45 @@ mod tests {
         drop(cat);
         let cat = Catalog::open(&dir.path().join("c.db")).expect("reopen");
         assert_eq!(cat.list_wal("main").await.expect("list").len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_are_batched_and_each_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        // 64 distinct rows and 8 repeats of one name, all at once.
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let cat = cat.clone();
+            tasks.push(tokio::spawn(async move {
+                cat.insert_wal(row(&format!("0000000100000000000000{i:02X}")))
+                    .await
+            }));
+        }
+        for _ in 0..8 {
+            let cat = cat.clone();
+            tasks.push(tokio::spawn(async move {
+                cat.insert_wal(row("0000000200000000000000AA")).await
+            }));
+        }
+        let mut inserted = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("insert") {
+                inserted += 1;
+            }
+        }
+        // Every distinct row once, the repeated name exactly once.
+        assert_eq!(inserted, 65);
+        assert_eq!(cat.list_wal("main").await.expect("list").len(), 65);
+        // The xxh3 column round-trips.
+        let mut with_tag = row("0000000300000000000000BB");
+        with_tag.xxh3 = Some("ab".repeat(16));
+        assert!(cat.insert_wal(with_tag).await.expect("insert"));
+        let got = cat
+            .wal("main", "0000000300000000000000BB")
+            .await
+            .expect("get")
+            .expect("row");
+        assert_eq!(got.xxh3, Some("ab".repeat(16)));
     }
 }

@@ -162,8 +162,11 @@ impl Default for ClusterConfig {
 fn default_minimum_redundancy() -> u32 {
     1
 }
+/// zstd level 1: on WAL with poorly compressible data, level 3 costs 2.3 times the CPU for a
+/// result 0.4% smaller (level 3 is 16% smaller on pgbench WAL alone, at 1.6 times the CPU), and
+/// compression is the largest CPU cost of archiving. Raise it per cluster to trade CPU for space.
 fn default_compression_level() -> i32 {
-    3
+    1
 }
 
 /// Values given on the command line or in the environment; they override the file.
@@ -416,7 +419,8 @@ compression_level = 3
         let c = Config::from_toml(text, &Overrides::default()).expect("valid");
         assert_eq!(c.tokens[0].role, Role::Archiver);
         assert!(c.cluster("main").streaming);
-        assert_eq!(c.cluster("other").compression_level, 3);
+        assert_eq!(c.cluster("main").compression_level, 3);
+        assert_eq!(c.cluster("other").compression_level, 1);
     }
 
     #[test]

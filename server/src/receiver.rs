@@ -486,6 +486,7 @@ impl Receiver {
             body,
             zstd: false,
             claimed_sha256: None,
+            claimed_xxh3: None,
         };
         let r = self
             .archive

@@ -130,12 +130,14 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
     let mut stream = archive.blobs.get(key).await.map_err(|e| e.to_string())?;
     let mut dec = Decompressor::new().map_err(|e| e.to_string())?;
     let mut hasher = Sha256::new();
+    let mut xxh3 = pgwal::checksum::Xxh3::new();
     let mut plain_size = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         dec.write(&chunk, |plain| {
             plain_size += plain.len() as u64;
             hasher.update(plain);
+            xxh3.update(plain);
             if let Some(v) = validator.as_mut() {
                 v.update(plain)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -186,6 +188,7 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
             timeline: name.timeline(),
             size: plain_size,
             sha256: sha,
+            xxh3: Some(xxh3.finish_hex()),
             stored_size: size,
             object_key: key.to_string(),
             archived_at: now_rfc3339(),

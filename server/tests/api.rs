@@ -184,6 +184,12 @@ async fn stores_then_idempotent_then_conflict() {
         sha.to_str().expect("ascii"),
         wal_archive_server::object_format::sha256_hex(&bytes)
     );
+    // The XXH3-128 recorded at ingest travels with the file.
+    let tag = r.headers.get("x-content-xxh3").expect("xxh3 header");
+    assert_eq!(
+        tag.to_str().expect("ascii"),
+        pgwal::checksum::xxh3_hex(&bytes)
+    );
     assert_eq!(stored_files(&env).len(), 1);
 }
 
@@ -264,6 +270,19 @@ async fn refuses_what_is_not_wal_of_this_cluster() {
     let r = call(&env, req).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.error().error, "checksum_mismatch");
+    // The same for an XXH3-128 that does not match, or is malformed.
+    let req = Request::put(format!("/v1/clusters/main/wal/{}", s.name(1)))
+        .header("x-content-xxh3", "0".repeat(32))
+        .body(Body::from(s.build()))
+        .expect("request");
+    let r = call(&env, req).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error().error, "checksum_mismatch");
+    let req = Request::put(format!("/v1/clusters/main/wal/{}", s.name(1)))
+        .header("x-content-xxh3", "xyz")
+        .body(Body::from(s.build()))
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::BAD_REQUEST);
     // Bad names never reach storage.
     for bad in [
         "..",

@@ -133,20 +133,20 @@ impl Client {
         read_json(self.get(path, false)?, &[200])
     }
 
-    /// `PUT` of a file, `sha256` being that of its uncompressed bytes. With `compress_level`
-    /// above 0 the body is zstd-compressed on the fly (`Content-Encoding: zstd`) and sent
-    /// chunked; the server verifies the decompressed bytes against `sha256` and stores the
-    /// compressed stream as sent.
+    /// `PUT` of a file, `xxh3` being the XXH3-128 of its uncompressed bytes (`X-Content-Xxh3`).
+    /// With `compress_level` above 0 the body is zstd-compressed on the fly
+    /// (`Content-Encoding: zstd`) and sent chunked; the server verifies the decompressed bytes
+    /// against `xxh3` and stores the compressed stream as sent.
     pub fn put_file(
         &self,
         path: &str,
         file: &std::fs::File,
-        sha256: &str,
+        xxh3: &str,
         compress_level: i32,
     ) -> Result<Response<Body>, Failure> {
         let req = self
             .authorize(self.agent.put(self.url(path)))
-            .header(pgwal::api::CONTENT_SHA256_HEADER, sha256)
+            .header(pgwal::api::CONTENT_XXH3_HEADER, xxh3)
             .header("Content-Type", "application/octet-stream");
         if compress_level > 0 {
             let mut encoder = zstd::stream::read::Encoder::new(file, compress_level)

@@ -5,19 +5,23 @@
 //! # Acknowledgement records
 //!
 //! One JSON file per WAL name in `STATE/acks/`, written with temp file + fsync + rename +
-//! directory fsync ([`crate::durable`]). A record holds the server URL and cluster, the SHA-256
-//! and size the server acknowledged for the name, and the identity of the file that was hashed
-//! (device, inode, size, mtime_ns, ctime_ns, taken before and re-checked after hashing).
+//! directory fsync ([`crate::durable`]). A record holds the server URL and cluster, the XXH3-128
+//! and size the server acknowledged for the name (it checks `X-Content-Xxh3` against the bytes it
+//! received), its SHA-256, and the identity of the file that was hashed (device, inode, size,
+//! mtime_ns, ctime_ns, taken before and re-checked after hashing).
 //!
 //! **Invariant: a record yields exit 0 only for the exact bytes the server holds.** A name
 //! alone proves nothing: after a restore or a re-initialised cluster the same name holds other
 //! bytes. A later call trusts a record only if
 //! - it names the same server URL and cluster, and is less than a day old; and
-//! - the current file's identity equals the recorded one exactly, or else the file's SHA-256
-//!   (computed now) and size equal the recorded ones.
+//! - the current file's identity equals the recorded one exactly, or else the file's XXH3-128
+//!   (computed now) and size equal the recorded ones. XXH3-128 is not cryptographic, but what it
+//!   guards against is accident (a restored or re-initialised cluster reusing the name), not
+//!   forgery: a 128-bit match of different WAL by chance is out of reach. The server still
+//!   stores and checks the SHA-256 of what it received.
 //!
 //! Otherwise the record is deleted and the file is pushed normally (201/200, or the server's
-//! 409/422 → exit 1). A record is deleted once used. The server checks `X-Content-Sha256`
+//! 409/422 → exit 1). A record is deleted once used. The server checks `X-Content-Xxh3`
 //! against the bytes it receives, so a file that changed between hashing and sending is refused
 //! and never recorded.
 //!
@@ -36,7 +40,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgwal::api::PutResponse;
-use pgwal::checksum::Sha256;
+use pgwal::checksum::Xxh3;
 use pgwal::name::{WalFileKind, WalFileName};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +56,7 @@ struct Record {
     url: String,
     cluster: String,
     name: String,
+    xxh3: String,
     sha256: String,
     size: u64,
     stored_size: u64,
@@ -63,8 +68,8 @@ struct Record {
 pub enum Check {
     /// The server holds exactly this file: exit 0 without contacting it.
     Acknowledged(PutResponse),
-    /// Push it; `sha256` is the file's hash if computing it was needed to decide.
-    Push { sha256: Option<String> },
+    /// Push it; `xxh3` is the file's XXH3-128 if computing it was needed to decide.
+    Push { xxh3: Option<String> },
 }
 
 /// The acknowledgement records of one (pg_wal, server, cluster).
@@ -133,7 +138,7 @@ impl Records {
         let Some(record) = record else {
             // Missing, or unreadable debris: nothing to trust.
             let _ = fs::remove_file(&record_path);
-            return Ok(Check::Push { sha256: None });
+            return Ok(Check::Push { xxh3: None });
         };
         // Used (or refused) once, then gone; a crash before this leaves a record that is
         // still checked against the file next time.
@@ -145,12 +150,13 @@ impl Records {
             || record.name != name.to_string()
             || !fresh
         {
-            return Ok(Check::Push { sha256: None });
+            return Ok(Check::Push { xxh3: None });
         }
         let acknowledged = || PutResponse {
             name: name.to_string(),
             outcome: "acknowledged".into(),
             sha256: record.sha256.clone(),
+            xxh3: Some(record.xxh3.clone()),
             size: record.size,
             stored_size: record.stored_size,
         };
@@ -160,18 +166,16 @@ impl Records {
             return Ok(Check::Acknowledged(acknowledged()));
         }
         // Another inode or changed times: only the bytes can tell.
-        let (sha256, size) = hash_file(path)?;
-        if sha256.eq_ignore_ascii_case(&record.sha256) && size == record.size {
+        let (xxh3, size) = hash_file(path)?;
+        if xxh3.eq_ignore_ascii_case(&record.xxh3) && size == record.size {
             Ok(Check::Acknowledged(acknowledged()))
         } else {
             eprintln!(
                 "wal-archive push: {name}: the file differs from what an earlier look-ahead \
-                 sent (SHA-256 {sha256}, recorded {}); pushing it",
-                record.sha256
+                 sent (XXH3-128 {xxh3}, recorded {}); pushing it",
+                record.xxh3
             );
-            Ok(Check::Push {
-                sha256: Some(sha256),
-            })
+            Ok(Check::Push { xxh3: Some(xxh3) })
         }
     }
 
@@ -272,7 +276,7 @@ fn push_one_ahead(
         // Archived and removed meanwhile: nothing to do.
         return Ok(false);
     };
-    let (sha256, size) = hash_file(&path)?;
+    let (xxh3, size) = hash_file(&path)?;
     match Identity::of_path(&path) {
         Ok(after) if after == before && size == before.size => {}
         _ => return Ok(false),
@@ -280,7 +284,7 @@ fn push_one_ahead(
     let url_path = format!("/v1/clusters/{cluster}/wal/{name}");
     let file = File::open(&path)
         .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
-    let mut resp = client.put_file(&url_path, &file, &sha256, client.settings.compress_level)?;
+    let mut resp = client.put_file(&url_path, &file, &xxh3, client.settings.compress_level)?;
     let put = match resp.status().as_u16() {
         200 | 201 => resp
             .body_mut()
@@ -288,18 +292,27 @@ fn push_one_ahead(
             .map_err(|e| Failure::Fatal(format!("unexpected answer from the server: {e}")))?,
         _ => return Err(status_failure(resp)),
     };
-    if !put.sha256.eq_ignore_ascii_case(&sha256) || put.size != size {
+    // The server checked X-Content-Xxh3; an answer that does not confirm it (an older server)
+    // is no proof.
+    if put
+        .xxh3
+        .as_deref()
+        .is_none_or(|x| !x.eq_ignore_ascii_case(&xxh3))
+        || put.size != size
+    {
         return Err(Failure::Fatal(format!(
-            "the server acknowledged SHA-256 {} ({} bytes), we sent {sha256} ({size} bytes); \
+            "the server acknowledged XXH3-128 {} ({} bytes), we sent {xxh3} ({size} bytes); \
              no record written",
-            put.sha256, put.size
+            put.xxh3.as_deref().unwrap_or("(none)"),
+            put.size
         )));
     }
     let record = Record {
         url: records.url.clone(),
         cluster: records.cluster.clone(),
         name: name.to_string(),
-        sha256,
+        xxh3,
+        sha256: put.sha256,
         size,
         stored_size: put.stored_size,
         identity: before,
@@ -311,11 +324,11 @@ fn push_one_ahead(
     Ok(true)
 }
 
-/// SHA-256 (hex) and size of a file.
+/// XXH3-128 (hex) and size of a file.
 pub fn hash_file(path: &Path) -> Result<(String, u64), Failure> {
     let mut file = File::open(path)
         .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Xxh3::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
@@ -353,12 +366,13 @@ mod tests {
         fs::write(&path, b"first bytes").expect("write");
         let c = client(&dir.path().join("state"), "http://a");
         let records = Records::open(&c, "main", &pg_wal).expect("records");
-        let (sha256, size) = hash_file(&path).expect("hash");
+        let (xxh3, size) = hash_file(&path).expect("hash");
         let record = |url: &str, cluster: &str| Record {
             url: url.into(),
             cluster: cluster.into(),
             name: name.to_string(),
-            sha256: sha256.clone(),
+            xxh3: xxh3.clone(),
+            sha256: "0".repeat(64),
             size,
             stored_size: 1,
             identity: Identity::of_path(&path).expect("stat"),
@@ -385,7 +399,7 @@ mod tests {
         fs::write(&path, b"other bytes").expect("write");
         assert!(matches!(
             records.check(&name, &path).expect("check"),
-            Check::Push { sha256: Some(_) }
+            Check::Push { xxh3: Some(_) }
         ));
         // Same bytes in a new file (new inode): trusted after hashing.
         fs::write(&path, b"first bytes").expect("write");

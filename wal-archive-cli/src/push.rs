@@ -37,7 +37,7 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
     } else {
         None
     };
-    let mut known_sha = None;
+    let mut known_xxh3 = None;
     if let Some(records) = &records {
         records.sweep();
         match records.check(&wal_name, path)? {
@@ -49,10 +49,12 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
                 );
                 return Ok(resp);
             }
-            Check::Push { sha256 } => known_sha = sha256,
+            Check::Push { xxh3 } => known_xxh3 = xxh3,
         }
     }
-    let sha256 = match known_sha {
+    // XXH3-128, not SHA-256: the server computes the SHA-256 it stores from what it receives
+    // and refuses a body that does not match this (see pgwal::checksum::Xxh3).
+    let xxh3 = match known_xxh3 {
         Some(s) => s,
         None => lookahead::hash_file(path)?.0,
     };
@@ -70,7 +72,7 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
                 lookahead::push_ahead(client, cluster, pg_wal, ahead, records, stop, deadline)
             });
         }
-        let result = push_requested(client, cluster, path, &wal_name, &sha256, window);
+        let result = push_requested(client, cluster, path, &wal_name, &xxh3, window);
         if result.is_err() {
             // No new look-ahead uploads once the file PostgreSQL waits for has failed.
             stop.store(true, Ordering::SeqCst);
@@ -84,7 +86,7 @@ fn push_requested(
     cluster: &str,
     path: &Path,
     wal_name: &WalFileName,
-    sha256: &str,
+    xxh3: &str,
     window: Duration,
 ) -> Result<PutResponse, Failure> {
     let url_path = format!("/v1/clusters/{cluster}/wal/{wal_name}");
@@ -92,7 +94,7 @@ fn push_requested(
         // Re-open for every attempt so each sends the file from its start.
         let file = File::open(path)
             .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
-        let mut resp = client.put_file(&url_path, &file, sha256, client.settings.compress_level)?;
+        let mut resp = client.put_file(&url_path, &file, xxh3, client.settings.compress_level)?;
         match resp.status().as_u16() {
             200 | 201 => resp
                 .body_mut()
