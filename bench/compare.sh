@@ -25,6 +25,10 @@
 #      cp            `cp DIR/%f %p`
 #      pgbackrest    `pgbackrest archive-get`, archive-async=y (default queue: 128 MiB)
 #      floor         the segments copied into pg_wal beforehand, restore_command = 'false'
+#    and, with RTT_MS > 0 (default 5), `wal-archive fetch` once more through bench/delay_proxy.py,
+#    which adds RTT_MS of round trip between the standby's helper and the server (half each way,
+#    without limiting throughput): this kernel has no netem qdisc, so the delay is made in user
+#    space. Only wal-archive goes over a network here; cp and pgBackRest read a local directory.
 # 3. Once, after the rounds (LIVE=0 to skip): live archiving. For each of wal-archive, cp,
 #    pgbackrest and `true`: a new primary, pgbench -T LIVE_DURATION -c 2 -j 2 with archiving on,
 #    then pg_switch_wal(); the lag is from that switch until the segment is archived (and the TPS
@@ -33,7 +37,6 @@
 #    clusters, no look-ahead) and of a `fetch` miss (FETCH_MISSES calls), p50/p99; and the
 #    server's peak memory (VmHWM) with 32 concurrent `wal-archive push` processes of distinct
 #    segments, after a server restart so the peak is theirs.
-# Not measured: added network round-trip; the script only probes whether netem works here.
 #
 # A quick check of the script itself: ROUNDS=1 SCALE=1 TARGET_SEGMENTS=8 LIVE_DURATION=5.
 #
@@ -61,6 +64,8 @@ EXTRAS=${EXTRAS:-1}
 LIVE=${LIVE:-1}
 LIVE_DURATION=${LIVE_DURATION:-30}
 LIVE_SCALE=${LIVE_SCALE:-10}
+RTT_MS=${RTT_MS:-5}                       # added round trip for the second wal-archive catch-up
+PROXY_PORT=${PROXY_PORT:-18498}
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 own_pg() { if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$@"; fi; }
@@ -87,8 +92,8 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d /tmp/wal-archive-compare.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
+PROXY_PID=""
 PUSHER_PIDS=""
-NETNS=""
 cleanup() {
   local d p
   for p in $PUSHER_PIDS; do kill "$p" 2>/dev/null || true; done
@@ -103,7 +108,7 @@ cleanup() {
     [ -n "$p" ] && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q pgbackrest && kill "$p" 2>/dev/null || true
   done
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$NETNS" ] && ip netns del "$NETNS" 2>/dev/null || true
+  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -230,6 +235,19 @@ stop_server() { # SIGTERM, wait up to 30 s, then SIGKILL
   SERVER_PID=""
 }
 start_server
+PROXY_URL=""
+if awk -v r="$RTT_MS" 'BEGIN {exit !(r > 0)}'; then
+  python3 bench/delay_proxy.py "$PROXY_PORT" "$SRV_PORT" "$RTT_MS" > "$WORK/proxy.out" 2>"$WORK/logs/proxy.log" &
+  PROXY_PID=$!
+  deadline=$(( $(date +%s) + 10 ))
+  until grep -q ready "$WORK/proxy.out" 2>/dev/null; do
+    kill -0 "$PROXY_PID" 2>/dev/null || die "the delay proxy exited at start" "$WORK/logs/proxy.log"
+    [ "$(date +%s)" -lt "$deadline" ] || die "the delay proxy is not ready after 10 s" "$WORK/logs/proxy.log"
+    sleep 0.05
+  done
+  PROXY_URL="http://127.0.0.1:$PROXY_PORT"
+  curl -fs "$PROXY_URL/healthz" >/dev/null || die "the server does not answer through the delay proxy" "$WORK/logs/proxy.log"
+fi
 
 # --- pgBackRest -------------------------------------------------------------------------------
 pgbr_conf() { # file pg1-path repo spool
@@ -340,9 +358,13 @@ for r in $(seq 1 "$ROUNDS"); do
   fi
 
   pgbr_conf "$WORK/pgbr/get$r.conf" "$WORK/sb-pgbackrest" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-get$r"
-  FSPOOL="$WORK/wa-fetch-spool$r"; mkdir -p "$FSPOOL"; own_pg "$FSPOOL"
+  FSPOOL="$WORK/wa-fetch-spool$r"; mkdir -p "$FSPOOL" "$FSPOOL-rtt"; own_pg "$FSPOOL" "$FSPOOL-rtt"
   CATCH[wal-archive]+="$(catchup wal-archive "$WA --url $URL fetch --cluster bench$r$FETCH_OPTS$([ "$HAS_FETCH_SPOOL" = 1 ] && echo " --spool-dir $FSPOOL") %f %p") "
   echo "bench: round $r catch-up wal-archive $(last "${CATCH[wal-archive]}") s" >&2
+  if [ -n "$PROXY_URL" ]; then
+    CATCH[wal-archive-rtt]+="$(catchup wal-archive-rtt "$WA --url $PROXY_URL fetch --cluster bench$r$FETCH_OPTS$([ "$HAS_FETCH_SPOOL" = 1 ] && echo " --spool-dir $FSPOOL-rtt") %f %p") "
+    echo "bench: round $r catch-up wal-archive +${RTT_MS}ms RTT $(last "${CATCH[wal-archive-rtt]}") s" >&2
+  fi
   CATCH[cp]+="$(catchup cp "cp $CPDIR/%f %p") "
   echo "bench: round $r catch-up cp $(last "${CATCH[cp]}") s" >&2
   CATCH[pgbackrest]+="$(catchup pgbackrest "$PGBACKREST --config=$WORK/pgbr/get$r.conf --stanza=bench archive-get %f \"%p\"") "
@@ -350,7 +372,7 @@ for r in $(seq 1 "$ROUNDS"); do
   CATCH[floor]+="$(catchup floor "false" floor) "
   echo "bench: round $r catch-up floor $(last "${CATCH[floor]}") s" >&2
 
-  rm -rf "$CPDIR" "$SPOOL" "$FSPOOL" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-push$r" "$WORK/pgbr/spool-get$r"
+  rm -rf "$CPDIR" "$SPOOL" "$FSPOOL" "$FSPOOL-rtt" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-push$r" "$WORK/pgbr/spool-get$r"
 done
 
 # --- 3. live: archiving on while pgbench writes at full speed (LIVE=0 to skip) ----------------
@@ -411,28 +433,6 @@ if [ "$LIVE" = 1 ]; then
   LIVE_R[none]=$(live none "true")
   echo "bench: live true: ${LIVE_R[none]}" >&2
   rm -rf "$WORK/cp-live" "$WORK/wa-spool-live" "$WORK/pgbr/repo-live" "$WORK/pgbr/spool-live"
-fi
-
-# --- added round-trip (netem): only probed ---------------------------------------------------
-# Measuring it needs tc's netem qdisc in a network namespace made here; say whether this machine
-# has it. (The measurement itself is not written yet.)
-NETEM_NOTE="not measured"
-if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null && command -v tc >/dev/null; then
-  NS="wa-bench-$$"
-  if ip netns add "$NS" 2>/dev/null; then
-    NETNS=$NS
-    if ip netns exec "$NS" ip link set lo up 2>/dev/null &&
-       err=$(ip netns exec "$NS" tc qdisc add dev lo root netem delay 2.5ms 2>&1); then
-      NETEM_NOTE="not measured (netem works here; the measurement is not written yet)"
-    else
-      NETEM_NOTE="not measured: this kernel has no netem qdisc (tc: ${err:-ip link failed})"
-    fi
-    ip netns del "$NS" 2>/dev/null || true; NETNS=""
-  else
-    NETEM_NOTE="not measured: cannot create a network namespace"
-  fi
-else
-  NETEM_NOTE="not measured: needs root, ip and tc"
 fi
 
 # --- 4. per-call latency and the server's peak memory ------------------------------------------
@@ -518,13 +518,19 @@ echo
 echo "== standby catch-up (start -> pg_last_wal_replay_lsn() >= $END_LSN), restore_command only"
 FL=$(med "${CATCH[floor]}")
 printf '%-14s %10s %12s %10s %14s\n' contender "median s" "segments/s" "MB/s" "vs floor"
-for c in wal-archive cp pgbackrest floor; do
-  awk -v c="$c" -v m="$(med "${CATCH[$c]}")" -v n="$NSEG" -v b="$WALBYTES" -v f="$FL" \
+CATCHERS="wal-archive cp pgbackrest floor"
+[ -n "$PROXY_URL" ] && CATCHERS="wal-archive wal-archive-rtt cp pgbackrest floor"
+for c in $CATCHERS; do
+  awk -v c="$([ "$c" = wal-archive-rtt ] && echo "wa +${RTT_MS}ms RTT" || echo "$c")" -v m="$(med "${CATCH[$c]}")" -v n="$NSEG" -v b="$WALBYTES" -v f="$FL" \
     'BEGIN {printf "%-14s %10.2f %12.1f %10.1f %13.2fx\n", c, m, n / m, b / m / 1e6, m / f}'
 done
 awk -v w="$(med "${CATCH[wal-archive]}")" -v f="$FL" \
   'BEGIN {s = w / f; printf "wal-archive catch-up vs floor: %.3fx (target <= 1.03x: %s)\n", s, (s <= 1.03 ? "met" : "NOT met")}'
-for c in wal-archive cp pgbackrest floor; do printf '  %s [%s]' "$c" "${CATCH[$c]% }"; done; echo "  (per-round s)"
+if [ -n "$PROXY_URL" ]; then
+  awk -v w="$(med "${CATCH[wal-archive-rtt]}")" -v f="$FL" -v r="$RTT_MS" \
+    'BEGIN {printf "wal-archive catch-up with %s ms added RTT (user-space delay proxy; no netem here) vs floor: %.3fx\n", r, w / f}'
+fi
+for c in $CATCHERS; do printf '  %s [%s]' "$c" "${CATCH[$c]% }"; done; echo "  (per-round s)"
 
 echo
 if [ "$EXTRAS" = 1 ]; then
@@ -545,5 +551,4 @@ if [ "$LIVE" = 1 ]; then
 else
   echo "== live archiving under load: skipped (LIVE=0)"
 fi
-echo "== added network round-trip (netem): $NETEM_NOTE"
 echo "load average (1/5/15 min) at the start: $LOAD0; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
