@@ -27,9 +27,10 @@
 //!
 //! # Bounds
 //!
-//! Look-ahead uploads run on at most `parallel` threads inside the same `push` process, one
-//! attempt each, started only while the requested file's push has not failed; the process
-//! waits for them before it exits, so nothing outlives the call. Their failures are logged and
+//! Look-ahead uploads run on at most `parallel` threads inside the same `push` process, joined by
+//! the main thread once the requested file is stored; one attempt each, started only while the
+//! requested file's push has not failed; the process waits for them before it exits, so nothing
+//! outlives the call. Their failures are logged and
 //! leave no record; the requested file's own push alone decides the exit code.
 
 use std::fs::{self, File};
@@ -218,49 +219,64 @@ pub fn candidates(
     names
 }
 
-/// Pushes `names` (files of `pg_wal`) on up to `settings.parallel` threads, one attempt each, writing a
-/// record for each the server acknowledged with our checksum. Starts no upload once `stop` is
-/// set or `deadline` (the end of the push's retry window) has passed. Returns how many were
-/// acknowledged.
-pub fn push_ahead(
-    client: &Client,
-    cluster: &str,
-    pg_wal: &Path,
-    names: Vec<WalFileName>,
-    records: &Records,
-    stop: &AtomicBool,
+/// A queue of look-ahead uploads (files of `pg_wal`), worked by up to `settings.parallel`
+/// threads plus the calling thread once the requested file is stored. One attempt each; a
+/// record for each the server acknowledged with our checksum. No upload starts once `stop` is
+/// set or `deadline` (the end of the push's retry window) has passed.
+pub struct Batch<'a> {
+    client: &'a Client,
+    cluster: &'a str,
+    pg_wal: &'a Path,
+    records: &'a Records,
+    queue: Mutex<std::vec::IntoIter<WalFileName>>,
+    stop: &'a AtomicBool,
     deadline: Instant,
-) -> usize {
-    let queue = Mutex::new(names.into_iter());
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..client.settings.parallel.max(1) {
-            s.spawn(|| loop {
-                if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
-                    return;
-                }
-                let next = match queue.lock() {
-                    Ok(mut q) => q.next(),
-                    Err(_) => return,
-                };
-                let Some(name) = next else { return };
-                match push_one_ahead(client, cluster, pg_wal, &name, records) {
-                    Ok(true) => {
-                        done.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        eprintln!("wal-archive push: look-ahead {name}: {e}");
-                        if matches!(e, Failure::Unreachable(_)) {
-                            // The next uploads would fail alike: leave them to later calls.
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                }
-            });
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(
+        client: &'a Client,
+        cluster: &'a str,
+        pg_wal: &'a Path,
+        names: Vec<WalFileName>,
+        records: &'a Records,
+        stop: &'a AtomicBool,
+        deadline: Instant,
+    ) -> Batch<'a> {
+        Batch {
+            client,
+            cluster,
+            pg_wal,
+            records,
+            queue: Mutex::new(names.into_iter()),
+            stop,
+            deadline,
         }
-    });
-    done.into_inner()
+    }
+
+    /// Takes uploads from the queue until it is empty or the batch is stopped.
+    pub fn work(&self) {
+        loop {
+            if self.stop.load(Ordering::SeqCst) || Instant::now() >= self.deadline {
+                return;
+            }
+            let next = match self.queue.lock() {
+                Ok(mut q) => q.next(),
+                Err(_) => return,
+            };
+            let Some(name) = next else { return };
+            match push_one_ahead(self.client, self.cluster, self.pg_wal, &name, self.records) {
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("wal-archive push: look-ahead {name}: {e}");
+                    if matches!(e, Failure::Unreachable(_)) {
+                        // The next uploads would fail alike: leave them to later calls.
+                        self.stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One look-ahead upload. `Ok(false)`: skipped (the file is gone or changing).

@@ -3,8 +3,9 @@
 //! proves the server holds exactly this file's bytes ([`crate::lookahead`]) — DESIGN §4.
 //!
 //! With look-ahead on (the default, 16 files), the next files marked `.ready` are sent on
-//! `parallel` threads while the requested one is pushed; the process waits for them (one
-//! attempt each) before it exits. The requested file's result alone decides the exit code.
+//! `parallel` threads while the requested one is pushed (and on the main thread too once it is
+//! stored); the process waits for them (one attempt each) before it exits. The requested
+//! file's result alone decides the exit code.
 
 use std::fs::File;
 use std::path::Path;
@@ -65,17 +66,23 @@ pub fn push(client: &Client, cluster: &str, path: &Path) -> Result<PutResponse, 
     let window = client.settings.retry_for.unwrap_or(DEFAULT_RETRY);
     let deadline = Instant::now() + window;
     let stop = AtomicBool::new(false);
+    let batch = records
+        .as_ref()
+        .filter(|_| !ahead.is_empty())
+        .map(|r| lookahead::Batch::new(client, cluster, &pg_wal, ahead, r, &stop, deadline));
     std::thread::scope(|s| {
-        if let (Some(records), false) = (&records, ahead.is_empty()) {
-            let (stop, pg_wal) = (&stop, &pg_wal);
-            s.spawn(move || {
-                lookahead::push_ahead(client, cluster, pg_wal, ahead, records, stop, deadline)
-            });
+        if let Some(batch) = &batch {
+            for _ in 0..client.settings.parallel.max(1) {
+                s.spawn(|| batch.work());
+            }
         }
         let result = push_requested(client, cluster, path, &wal_name, &xxh3, window);
-        if result.is_err() {
+        match (&result, &batch) {
             // No new look-ahead uploads once the file PostgreSQL waits for has failed.
-            stop.store(true, Ordering::SeqCst);
+            (Err(_), _) => stop.store(true, Ordering::SeqCst),
+            // Its file stored, this thread helps with the rest before the process exits.
+            (Ok(_), Some(batch)) => batch.work(),
+            (Ok(_), None) => {}
         }
         result
     })
