@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(long)]
         pgdata: Option<PathBuf>,
     },
+    /// The prefetch worker that `fetch` starts in the background (not for direct use).
+    #[command(hide = true)]
+    FetchWorker {
+        #[arg(long)]
+        cluster: String,
+    },
     /// Apply the cluster's retention policy now (the server also runs it on schedule).
     Retention {
         #[arg(long)]

@@ -1,6 +1,6 @@
 //! `wal-archive fetch`: PostgreSQL's restore_command (DESIGN §4).
 //!
-//! - 0: the complete file is at DEST (verified against its SHA-256, written durably);
+//! - 0: the complete file is at DEST (verified against its SHA-256, renamed into place);
 //! - 1: the archive does not have it — PostgreSQL asks for names that do not exist and needs a
 //!   fast "no";
 //! - server unreachable after the retry window, or a copy that fails verification: 1 in standby
@@ -8,19 +8,31 @@
 //!   recovery, so PostgreSQL stops instead of ending recovery early at the wrong point.
 //!
 //! With prefetch on (the default, 8 segments), the file may come from the verified prefetch
-//! spool, and the call may fill the spool, bounded, before it exits ([`crate::spool`]).
+//! spool, which a detached worker fills while PostgreSQL replays ([`crate::spool`],
+//! [`crate::worker`]). The call itself never downloads more than the file asked for.
+//!
+//! The file is written to a temp file beside DEST and renamed into place, so PostgreSQL never
+//! sees a partial file, but it is not fsynced: see [`crate::durable`] for why PostgreSQL does
+//! not need that.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER};
-use pgwal::checksum::Sha256;
+use pgwal::checksum::{Sha256, Xxh3};
 use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::TempFile;
-use crate::spool::{Spool, FILL_DEADLINE};
+use crate::spool::{HandOver, Spool};
+use crate::worker;
+
+/// How long a fetch waits for the worker's copy of the very file it needs while that copy
+/// does not grow, before downloading the file itself.
+const WORKER_STALL: Duration = Duration::from_secs(5);
+/// The longest a fetch waits for the worker's copy at all.
+const WORKER_WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Exit status that makes PostgreSQL abort recovery (anything above 125 does).
 pub const EXIT_ABORT_RECOVERY: u8 = 255;
@@ -58,35 +70,61 @@ pub fn fetch(
     let name: WalFileName = walname
         .parse()
         .map_err(|e| Failure::Fatal(format!("{walname:?} is not a WAL file name: {e}")))?;
-    let spool = if client.settings.prefetch > 0 {
-        Spool::open(client, cluster, dest)
-    } else {
-        None
+    let spool = match name {
+        WalFileName::Segment { .. } | WalFileName::History { .. }
+            if client.settings.prefetch > 0 =>
+        {
+            Spool::open(client, cluster, dest)
+        }
+        _ => None,
     };
     let Some(spool) = spool else {
         return fetch_from_server(client, cluster, &name, dest, window, allow_partial);
     };
     spool.on_request(&name);
-    let outcome = match spool.hand_over(&name, dest) {
+    if let WalFileName::History { tli } = name {
+        let outcome = fetch_from_server(client, cluster, &name, dest, window, allow_partial)?;
+        if let Outcome::Restored { .. } = outcome {
+            spool.on_history(tli);
+        }
+        return Ok(outcome);
+    }
+
+    // Tell the worker where replay is before anything else, so that it downloads the next
+    // segments while this call hands over or downloads this one. The very first call does
+    // not know the segment size yet and tells it once its file is in place.
+    let hinted = spool.segment_size_hint(&name);
+    if let Some(seg_bytes) = hinted {
+        worker::want(client, cluster, &spool, &name, seg_bytes);
+    }
+    let outcome = match take_from_spool(&spool, &name, dest) {
         Some(size) => {
             eprintln!("wal-archive fetch: {name} from the prefetch spool");
             Outcome::Restored { size }
         }
         None => fetch_from_server(client, cluster, &name, dest, window, allow_partial)?,
     };
-    // The file PostgreSQL asked for is in place; now, bounded, fill the spool for the next
-    // calls. Nothing here changes the outcome.
-    if let Outcome::Restored { size } = outcome {
-        match name {
-            WalFileName::History { tli } => spool.on_history(tli),
-            WalFileName::Segment { .. } => {
-                let deadline = Instant::now() + FILL_DEADLINE.min(window);
-                spool.fill(client, cluster, &name, size, deadline);
-            }
-            _ => {}
-        }
+    if let (None, Outcome::Restored { size }) = (hinted, &outcome) {
+        worker::want(client, cluster, &spool, &name, *size);
     }
     Ok(outcome)
+}
+
+/// The spooled copy of `name` at `dest`, waiting for it if the worker is receiving it now.
+fn take_from_spool(spool: &Spool, name: &WalFileName, dest: &Path) -> Option<u64> {
+    match spool.hand_over(name, dest) {
+        HandOver::Done(size) => return Some(size),
+        HandOver::Discarded => return None,
+        HandOver::NotSpooled => {}
+    }
+    let alive = || worker::is_running(spool.state_dir());
+    if !spool.wait_for_worker(name, alive, WORKER_STALL, WORKER_WAIT_LIMIT) {
+        return None;
+    }
+    match spool.hand_over(name, dest) {
+        HandOver::Done(size) => Some(size),
+        HandOver::NotSpooled | HandOver::Discarded => None,
+    }
 }
 
 fn fetch_from_server(
@@ -108,7 +146,7 @@ fn fetch_from_server(
     with_retries(window, &format!("fetch {name}"), || {
         let resp = client.get(&url_path, true)?;
         match resp.status().as_u16() {
-            200 => download(resp, dest).map(|(size, _)| Outcome::Restored { size }),
+            200 => download(resp, dest).map(|size| Outcome::Restored { size }),
             404 => Ok(Outcome::NotFound),
             _ => Err(status_failure(resp)),
         }
@@ -119,13 +157,23 @@ fn header<'a>(resp: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Streams the body through zstd (if encoded) and SHA-256 into a temp file beside `dest`, then
-/// makes it durable there only if the checksum and size match what the server cataloged.
-/// Returns the size and SHA-256 (hex) written.
-pub fn download(
+/// What [`receive`] wrote and verified.
+pub struct Received {
+    pub size: u64,
+    /// Lowercase hex SHA-256, equal to the server's `X-Content-Sha256`.
+    pub sha256: String,
+    /// Lowercase hex XXH3-128 of the same bytes, when asked for.
+    pub xxh3: Option<String>,
+}
+
+/// Streams a 200 response's body through zstd (if encoded) and SHA-256 (and XXH3-128 with
+/// `with_xxh3`) into `out`, then checks the checksum and size against what the server
+/// cataloged. `out` is left for the caller to publish only on `Ok`.
+pub fn receive(
     resp: ureq::http::Response<ureq::Body>,
-    dest: &Path,
-) -> Result<(u64, String), Failure> {
+    out: &mut TempFile,
+    with_xxh3: bool,
+) -> Result<Received, Failure> {
     let expected_sha = header(&resp, CONTENT_SHA256_HEADER)
         .map(str::to_ascii_lowercase)
         .ok_or_else(|| Failure::Fatal("the server sent no checksum header".into()))?;
@@ -133,25 +181,21 @@ pub fn download(
         header(&resp, CONTENT_SIZE_HEADER).and_then(|v| v.parse().ok());
     let zstd = header(&resp, "content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("zstd"));
     let reader = resp.into_body().into_reader();
-    let mut tmp = TempFile::beside(dest).map_err(|e| {
-        Failure::Fatal(format!(
-            "cannot create a file beside {}: {e}",
-            dest.display()
-        ))
-    })?;
     let copied = if zstd {
         let dec = zstd::stream::read::Decoder::new(reader)
             .map_err(|e| Failure::Fatal(format!("cannot start decompression: {e}")))?;
-        copy_hashing(dec, &mut tmp)
+        copy_hashing(dec, out, true, with_xxh3)
     } else {
-        copy_hashing(reader, &mut tmp)
+        copy_hashing(reader, out, true, with_xxh3)
     };
-    let (sha, size) = copied.map_err(|e| match e.kind() {
+    let hashed = copied.map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
             Failure::Unreachable(format!("download interrupted: {e}"))
         }
         _ => Failure::Fatal(format!("download failed: {e}")),
     })?;
+    let size = hashed.size;
+    let sha = hashed.sha256.unwrap_or_default();
     if sha != expected_sha || expected_size.is_some_and(|s| s != size) {
         return Err(Failure::Fatal(format!(
             "checksum mismatch: received {size} bytes with SHA-256 {sha}, the archive cataloged \
@@ -159,13 +203,45 @@ pub fn download(
             expected_size.map_or("?".into(), |s| s.to_string())
         )));
     }
-    tmp.persist(dest)
-        .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", dest.display())))?;
-    Ok((size, sha))
+    Ok(Received {
+        size,
+        sha256: sha,
+        xxh3: hashed.xxh3,
+    })
 }
 
-pub fn copy_hashing(mut src: impl Read, dst: &mut impl Write) -> io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
+/// Receives a 200 response into a temp file beside `dest` and renames it over `dest` only if
+/// it matches the server's checksum and size (not fsynced: see [`crate::durable`]). Returns
+/// the size written.
+pub fn download(resp: ureq::http::Response<ureq::Body>, dest: &Path) -> Result<u64, Failure> {
+    let mut tmp = TempFile::beside(dest).map_err(|e| {
+        Failure::Fatal(format!(
+            "cannot create a file beside {}: {e}",
+            dest.display()
+        ))
+    })?;
+    let got = receive(resp, &mut tmp, false)?;
+    tmp.publish(dest)
+        .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", dest.display())))?;
+    Ok(got.size)
+}
+
+/// What [`copy_hashing`] copied.
+pub struct Hashed {
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub xxh3: Option<String>,
+}
+
+/// Copies `src` to `dst`, computing the SHA-256 and/or the XXH3-128 of the bytes on the way.
+pub fn copy_hashing(
+    mut src: impl Read,
+    dst: &mut impl Write,
+    sha256: bool,
+    xxh3: bool,
+) -> io::Result<Hashed> {
+    let mut sha = sha256.then(Sha256::new);
+    let mut xxh = xxh3.then(Xxh3::new);
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
@@ -175,9 +251,18 @@ pub fn copy_hashing(mut src: impl Read, dst: &mut impl Write) -> io::Result<(Str
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
+        if let Some(h) = sha.as_mut() {
+            h.update(&buf[..n]);
+        }
+        if let Some(h) = xxh.as_mut() {
+            h.update(&buf[..n]);
+        }
         dst.write_all(&buf[..n])?;
         total += n as u64;
     }
-    Ok((hasher.finish_hex(), total))
+    Ok(Hashed {
+        size: total,
+        sha256: sha.map(Sha256::finish_hex),
+        xxh3: xxh.map(|h| h.finish_hex()),
+    })
 }

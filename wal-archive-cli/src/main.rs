@@ -17,6 +17,7 @@ mod settings;
 mod spool;
 mod state;
 mod wal;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::FetchWorker { cluster } => worker::run(&client, &cluster),
         Command::Check { cluster, nagios } => check::run(&client, &cluster, json, nagios),
         Command::Retention { cluster, dry_run } => match ops::retention(&client, &cluster, dry_run)
         {

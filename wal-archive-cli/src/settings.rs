@@ -35,6 +35,10 @@ pub struct Settings {
     pub retry_for: Option<Duration>,
     /// PEM certificates to trust instead of the web roots.
     pub ca_certs: Option<Vec<u8>>,
+    /// Where `ca_certs` came from, and the client config file, if any: the prefetch worker
+    /// is started with the same ones.
+    pub ca_file: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// push: files marked `.ready` sent beside the requested one (0 = off).
     pub look_ahead: usize,
     /// push/fetch: look-ahead uploads or prefetch downloads at once (at least 1).
@@ -63,6 +67,8 @@ impl std::fmt::Debug for Settings {
             .field("json", &self.json)
             .field("retry_for", &self.retry_for)
             .field("ca_certs", &self.ca_certs.as_ref().map(|c| c.len()))
+            .field("ca_file", &self.ca_file)
+            .field("config", &self.config)
             .field("look_ahead", &self.look_ahead)
             .field("parallel", &self.parallel)
             .field("prefetch", &self.prefetch)
@@ -91,9 +97,10 @@ impl Settings {
             ));
         }
         let token = g.token.clone().or(file.token).filter(|t| !t.is_empty());
-        let ca_certs = match g.ca_file.clone().or(file.ca_file) {
+        let ca_file = g.ca_file.clone().or(file.ca_file);
+        let ca_certs = match &ca_file {
             Some(path) => Some(
-                std::fs::read(&path)
+                std::fs::read(path)
                     .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?,
             ),
             None => None,
@@ -136,6 +143,8 @@ impl Settings {
             json: g.json,
             retry_for: g.retry_for.or(file.retry_for).map(Duration::from_secs),
             ca_certs,
+            ca_file,
+            config: g.config.clone(),
         })
     }
 }

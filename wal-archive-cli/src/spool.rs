@@ -1,58 +1,124 @@
 //! The prefetch spool of `fetch`: the segments PostgreSQL will most likely ask for next, so that
-//! most restore_command calls are a local, verified copy instead of a round trip.
+//! most restore_command calls are a local, verified move instead of a round trip.
 //!
-//! # Design: bounded, in the same process
+//! # Design: filled in the background, taken in the foreground
 //!
-//! restore_command is one process per file, and nothing may outlive it unbounded. So there is no
-//! daemon and no detached child: after `fetch` has written the requested file to PostgreSQL's
-//! `dest` (fsync + rename), and only if fewer than half of the next `prefetch` segment names on
-//! the same timeline are spooled, it downloads the missing ones on `parallel` threads before
-//! exiting, for at most [`FILL_DEADLINE`] (or the retry window, if shorter), one attempt each,
-//! stopping at the first 404 (the archive ends there). PostgreSQL waits for that call, but the
-//! calls that follow are served from the spool, so throughput rises by the parallelism and by
-//! the round trips saved.
+//! restore_command is one process per file, and PostgreSQL waits for each. So the call itself
+//! never downloads ahead: it records the name PostgreSQL asked for (`prefetch-wanted` in the
+//! state directory) and makes sure the prefetch worker runs ([`crate::worker`]), a detached
+//! process that keeps the next `prefetch` segments of the same timeline spooled while
+//! PostgreSQL replays. The call then hands the requested file over from the spool if it is
+//! there, waits for it if the worker is receiving it right now, or downloads it itself.
+//!
+//! Files of `STATE/spool/`:
+//! - `NAME`: a complete spooled segment;
+//! - `NAME.sum`: its sidecar, `SHA256 SIZE XXH3` (hex SHA-256 the server sent and the bytes
+//!   matched, size, hex XXH3-128 of the same bytes), written after `NAME`;
+//! - `NAME.part`: the segment the worker is receiving (only the worker, which holds the
+//!   spool's lock, writes these).
 //!
 //! # What is handed over (invariants)
 //!
 //! - **Only exact names.** A spooled file is handed over only for the very name PostgreSQL asks
 //!   for, never for "the same segment on another timeline" (pgBackRest issue 2423).
-//! - **Only verified bytes.** Each spooled file `NAME` has a sidecar `NAME.sha256` with the
-//!   SHA-256 and size the server sent (`X-Content-Sha256` / `X-Content-Size`, checked while
-//!   downloading). At hand-over the file is hashed again *while* it is copied to `dest`; on a
-//!   mismatch both are deleted, nothing is renamed into place, and the file is downloaded
-//!   normally.
+//! - **Only verified bytes.** A file is spooled only after its SHA-256 and size matched what the
+//!   server sent (`X-Content-Sha256` / `X-Content-Size`, checked while receiving, as for a
+//!   direct download); its XXH3-128 is computed in the same pass and kept in the sidecar,
+//!   which is written last: a file without a sidecar is never handed over. At hand-over the
+//!   file is read once more and must match the sidecar's XXH3-128 and size (about 3 ms for
+//!   16 MiB, where SHA-256 would take about 50 ms); it is then renamed to PostgreSQL's
+//!   destination when the spool is on the same file system, or else copied, hashing while
+//!   copying, into a temp file beside the destination that is renamed only on a match. A file
+//!   that fails the check is deleted with its sidecar, never handed over, and the call
+//!   downloads the name normally.
 //! - **Only what the archive had.** Files come from plain `GET`s answered 200 (never the
-//!   zero-filled `?partial=true` form); 404s are never remembered past the call.
+//!   zero-filled `?partial=true` form); 404s are never remembered past a few seconds.
 //! - **Timeline switches.** When PostgreSQL asks for a segment on timeline T, spooled segments
 //!   of other timelines are discarded; when it gets a `.history` file of timeline T, spooled
 //!   segments of timelines below T are discarded.
 //! - **Bounded and fresh.** At most `prefetch_max_bytes` and the next `prefetch` names are
 //!   filled; names older than the requested one on its timeline, files older than
-//!   [`MAX_AGE`] and debris of killed processes are removed at every call.
+//!   [`MAX_AGE`] and debris of killed processes are removed.
+//!
+//! Nothing here is fsynced ([`crate::durable`]): a file torn by a crash fails its XXH3 check.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgwal::name::{WalFileKind, WalFileName};
 use pgwal::segment::SegmentSize;
 
 use crate::client::{status_failure, Client, Failure};
-use crate::durable::TempFile;
-use crate::fetch::{copy_hashing, download};
+use crate::durable::{self, TempFile};
+use crate::fetch::{copy_hashing, receive};
 use crate::state;
 
-/// Longest a fetch spends filling the spool after its own file is in place.
-pub const FILL_DEADLINE: Duration = Duration::from_secs(30);
 /// Spooled files older than this are removed unused.
 pub const MAX_AGE: Duration = Duration::from_secs(10 * 60);
 
-const SIDECAR: &str = ".sha256";
+const SIDECAR: &str = ".sum";
+const PART: &str = ".part";
+const WANTED: &str = "prefetch-wanted";
+
+/// The sidecar of a spooled file: what it was verified to be when it was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    pub sha256: String,
+    pub size: u64,
+    pub xxh3: String,
+}
+
+impl Sidecar {
+    fn to_line(&self) -> String {
+        format!("{} {} {}\n", self.sha256, self.size, self.xxh3)
+    }
+
+    fn parse(text: &str) -> Option<Sidecar> {
+        let mut parts = text.split_whitespace();
+        let sha256 = parts.next()?.to_ascii_lowercase();
+        let size = parts.next()?.parse().ok()?;
+        let xxh3 = parts.next()?.to_ascii_lowercase();
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (parts.next().is_none() && hex(&sha256, 64) && hex(&xxh3, 32)).then_some(Sidecar {
+            sha256,
+            size,
+            xxh3,
+        })
+    }
+}
+
+/// The last segment PostgreSQL asked for, as `fetch` recorded it for the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: WalFileName,
+    pub size: SegmentSize,
+}
+
+/// How a hand-over ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// The file of this many bytes is at the destination.
+    Done(u64),
+    /// No sidecar: not spooled (perhaps not yet).
+    NotSpooled,
+    /// Spooled but unusable (failed its check, gone, or could not be moved); removed.
+    Discarded,
+}
+
+/// How a verified spooled file reaches the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// One `rename`: spool and destination share a file system.
+    Rename,
+    /// A copy into a temp file beside the destination, then a rename.
+    Copy,
+}
 
 pub struct Spool {
+    state: PathBuf,
     dir: PathBuf,
 }
 
@@ -61,15 +127,26 @@ impl Spool {
     /// state directory is unusable: fetch then works without a spool.
     pub fn open(client: &Client, cluster: &str, dest: &Path) -> Option<Spool> {
         let pg_wal = state::parent_dir(dest);
-        match state::dir(&client.settings, cluster, &pg_wal)
-            .and_then(|d| state::subdir(&d, "spool"))
-        {
-            Ok(dir) => Some(Spool { dir }),
+        match state::dir(&client.settings, cluster, &pg_wal).and_then(|d| Spool::in_state(&d)) {
+            Ok(spool) => Some(spool),
             Err(e) => {
                 eprintln!("wal-archive fetch: prefetch off: no state directory: {e}");
                 None
             }
         }
+    }
+
+    /// The spool of the state directory `state` (`STATE/spool`, created if missing).
+    pub fn in_state(state: &Path) -> io::Result<Spool> {
+        Ok(Spool {
+            dir: state::subdir(state, "spool")?,
+            state: state.to_path_buf(),
+        })
+    }
+
+    /// The state directory this spool belongs to (where the worker's lock and log are).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
     }
 
     fn data(&self, name: &WalFileName) -> PathBuf {
@@ -80,12 +157,16 @@ impl Spool {
         self.dir.join(format!("{name}{SIDECAR}"))
     }
 
+    fn part(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(format!("{name}{PART}"))
+    }
+
     fn remove(&self, name: &WalFileName) {
         let _ = fs::remove_file(self.sidecar(name));
         let _ = fs::remove_file(self.data(name));
     }
 
-    fn is_spooled(&self, name: &WalFileName) -> bool {
+    pub fn is_spooled(&self, name: &WalFileName) -> bool {
         self.sidecar(name).exists() && self.data(name).exists()
     }
 
@@ -110,7 +191,7 @@ impl Spool {
                 .is_some_and(|age| age > MAX_AGE);
             let base = file_name.strip_suffix(SIDECAR).unwrap_or(file_name);
             let Ok(name) = base.parse::<WalFileName>() else {
-                // Temp files of a running fetch are young; of a killed one, old.
+                // Temp files of a running process are young; of a killed one, old.
                 if too_old {
                     let _ = fs::remove_file(entry.path());
                 }
@@ -138,7 +219,7 @@ impl Spool {
         }
     }
 
-    /// Spooled segments and their sizes.
+    /// Spooled segments (complete files, with or without a sidecar yet) and their sizes.
     fn segments(&self) -> Vec<(WalFileName, u64)> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -152,133 +233,491 @@ impl Spool {
             .collect()
     }
 
+    /// Bytes of the complete files in the spool.
+    pub fn used_bytes(&self) -> u64 {
+        self.segments().iter().map(|(_, b)| b).sum()
+    }
+
+    /// Records `name` (a segment of `seg_bytes` bytes) as the one PostgreSQL asked for last.
+    pub fn set_wanted(&self, name: &WalFileName, seg_bytes: u64) -> io::Result<()> {
+        let path = self.state.join(WANTED);
+        let mut tmp = TempFile::beside(&path)?;
+        tmp.write_all(format!("{name} {seg_bytes}\n").as_bytes())?;
+        tmp.publish(&path)
+    }
+
+    /// The last recorded request, if any and well-formed.
+    pub fn wanted(&self) -> Option<Wanted> {
+        let text = fs::read_to_string(self.state.join(WANTED)).ok()?;
+        let mut parts = text.split_whitespace();
+        let name: WalFileName = parts.next()?.parse().ok()?;
+        let size = SegmentSize::new(parts.next()?.parse().ok()?).ok()?;
+        (name.kind() == WalFileKind::Segment && name.segment_name_is_valid_for(size))
+            .then_some(Wanted { name, size })
+    }
+
+    /// The segment size to assume for `name` before it is restored: its sidecar's, else that
+    /// of the last recorded request.
+    pub fn segment_size_hint(&self, name: &WalFileName) -> Option<u64> {
+        fs::read_to_string(self.sidecar(name))
+            .ok()
+            .and_then(|t| Sidecar::parse(&t))
+            .map(|s| s.size)
+            .filter(|s| SegmentSize::new(*s).is_ok())
+            .or_else(|| self.wanted().map(|w| w.size.bytes()))
+    }
+
+    /// The names the worker keeps spooled for `wanted`: the next `ahead` segments after it on
+    /// its timeline, in order.
+    pub fn window(wanted: &Wanted, ahead: usize) -> Vec<WalFileName> {
+        let Some(segno) = wanted.name.segno(wanted.size) else {
+            return Vec::new();
+        };
+        (1..=ahead as u64)
+            .map(|i| WalFileName::segment(wanted.name.timeline(), segno + i, wanted.size))
+            .collect()
+    }
+
     /// Hands the spooled copy of exactly `name` over to `dest` if it still matches its
-    /// checksum: hashes it while copying to a temp file beside `dest`, renames only on a match.
-    /// The spooled copy is removed either way. `None`: not spooled or discarded.
-    pub fn hand_over(&self, name: &WalFileName, dest: &Path) -> Option<u64> {
-        let sidecar = fs::read_to_string(self.sidecar(name)).ok();
-        let result = sidecar.and_then(|text| {
-            let mut parts = text.split_whitespace();
-            let sha = parts.next()?.to_ascii_lowercase();
-            let size: u64 = parts.next()?.parse().ok()?;
-            let src = File::open(self.data(name)).ok()?;
-            let mut tmp = TempFile::beside(dest).ok()?;
-            let (got_sha, got_size) = copy_hashing(src, &mut tmp).ok()?;
-            if got_sha != sha || got_size != size {
+    /// sidecar. The spooled copy is removed either way.
+    pub fn hand_over(&self, name: &WalFileName, dest: &Path) -> HandOver {
+        let method = if same_file_system(&self.dir, &state::parent_dir(dest)) {
+            Method::Rename
+        } else {
+            Method::Copy
+        };
+        self.hand_over_by(name, dest, method)
+    }
+
+    fn hand_over_by(&self, name: &WalFileName, dest: &Path, method: Method) -> HandOver {
+        let Ok(text) = fs::read_to_string(self.sidecar(name)) else {
+            return HandOver::NotSpooled;
+        };
+        let result = match Sidecar::parse(&text) {
+            Some(sidecar) => self.move_verified(name, &sidecar, dest, method),
+            None => Err("has an unreadable sidecar".to_string()),
+        };
+        self.remove(name);
+        match result {
+            Ok(size) => HandOver::Done(size),
+            Err(why) => {
                 eprintln!(
-                    "wal-archive fetch: the spooled copy of {name} fails its checksum ({got_size} \
-                     bytes, SHA-256 {got_sha}; expected {size} bytes, {sha}); discarded, \
-                     downloading it again"
+                    "wal-archive fetch: the spooled copy of {name} {why}; discarded, downloading \
+                     it again"
                 );
-                return None;
+                HandOver::Discarded
             }
-            match tmp.persist(dest) {
-                Ok(()) => Some(size),
-                Err(e) => {
-                    eprintln!(
-                        "wal-archive fetch: cannot write {}: {e}; downloading {name} again",
-                        dest.display()
-                    );
-                    None
-                }
-            }
-        });
-        if result.is_some() || self.data(name).exists() || self.sidecar(name).exists() {
-            self.remove(name);
         }
-        result
     }
 
-    /// Fills the spool with the segments after `served` (a segment of `seg_bytes` bytes) if
-    /// fewer than half of the next `settings.prefetch` names are spooled. Bounded by `deadline`,
-    /// `prefetch_max_bytes`, and the first 404. Returns how many were downloaded.
-    pub fn fill(
+    /// Checks the spooled `name` against `sidecar` and moves it to `dest`; `Err`: why not.
+    fn move_verified(
         &self,
-        client: &Client,
-        cluster: &str,
-        served: &WalFileName,
-        seg_bytes: u64,
-        deadline: Instant,
-    ) -> usize {
-        let ahead = client.settings.prefetch;
-        if ahead == 0 || served.kind() != WalFileKind::Segment {
-            return 0;
-        }
-        let Ok(size) = SegmentSize::new(seg_bytes) else {
-            return 0;
-        };
-        let Some(segno) = served.segno(size) else {
-            return 0;
-        };
-        let next: Vec<WalFileName> = (1..=ahead as u64)
-            .map(|i| WalFileName::segment(served.timeline(), segno + i, size))
-            .collect();
-        let missing: Vec<WalFileName> = next
-            .iter()
-            .filter(|n| !self.is_spooled(n))
-            .cloned()
-            .collect();
-        if missing.len() * 2 <= ahead {
-            return 0;
-        }
-        let used: u64 = self.segments().iter().map(|(_, b)| b).sum();
-        let budget = client.settings.prefetch_max_bytes.saturating_sub(used) / seg_bytes;
-        let missing: Vec<WalFileName> = missing.into_iter().take(budget as usize).collect();
-        let queue = Mutex::new(missing.into_iter());
-        let stop = AtomicBool::new(false);
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..client.settings.parallel.max(1) {
-                s.spawn(|| loop {
-                    if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
-                        return;
-                    }
-                    let next = match queue.lock() {
-                        Ok(mut q) => q.next(),
-                        Err(_) => return,
-                    };
-                    let Some(name) = next else { return };
-                    match self.download_one(client, cluster, &name) {
-                        Ok(true) => {
-                            done.fetch_add(1, Ordering::SeqCst);
-                        }
-                        // Not archived (yet): the names after it will not be either.
-                        Ok(false) => stop.store(true, Ordering::SeqCst),
-                        Err(e) => {
-                            eprintln!("wal-archive fetch: prefetch {name}: {e}");
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                });
+        name: &WalFileName,
+        sidecar: &Sidecar,
+        dest: &Path,
+        method: Method,
+    ) -> Result<u64, String> {
+        let data = self.data(name);
+        if method == Method::Rename {
+            let file = File::open(&data).map_err(|e| format!("cannot be read ({e})"))?;
+            let got = copy_hashing(file, &mut io::sink(), false, true)
+                .map_err(|e| format!("cannot be read ({e})"))?;
+            check(sidecar, got.size, got.xxh3.as_deref())?;
+            // Nothing else writes a published spool file, so what was checked is what moves.
+            let _ = fs::remove_file(self.sidecar(name));
+            match durable::publish_rename(&data, dest) {
+                Ok(()) => return Ok(sidecar.size),
+                // A bind mount shares the device number but not the mount: copy instead.
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {}
+                Err(e) => return Err(format!("cannot be moved to {} ({e})", dest.display())),
             }
-        });
-        done.into_inner()
+        }
+        let file = File::open(&data).map_err(|e| format!("cannot be read ({e})"))?;
+        let mut tmp = TempFile::beside(dest)
+            .map_err(|e| format!("cannot be copied beside {} ({e})", dest.display()))?;
+        let got = copy_hashing(file, &mut tmp, false, true)
+            .map_err(|e| format!("cannot be copied to {} ({e})", dest.display()))?;
+        check(sidecar, got.size, got.xxh3.as_deref())?;
+        tmp.publish(dest)
+            .map_err(|e| format!("cannot be moved to {} ({e})", dest.display()))?;
+        Ok(sidecar.size)
     }
 
-    /// One prefetch download into the spool. `Ok(false)`: 404.
-    fn download_one(
+    /// Whether the worker is receiving `name` right now: its part file exists, or the complete
+    /// file does and its sidecar is about to follow.
+    fn in_flight(&self, name: &WalFileName) -> Option<u64> {
+        if let Ok(meta) = fs::metadata(self.part(name)) {
+            return Some(meta.len());
+        }
+        let young = fs::metadata(self.data(name))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < Duration::from_secs(2));
+        young.then_some(u64::MAX)
+    }
+
+    /// If the worker is receiving exactly `name`, waits for its sidecar rather than downloading
+    /// the file a second time. `true`: the sidecar is there (hand it over). `false` at once when
+    /// the worker is not on it; after waiting when the part file has not grown for `stall`,
+    /// `worker_alive` says the worker is gone, or `limit` has passed.
+    pub fn wait_for_worker(
+        &self,
+        name: &WalFileName,
+        mut worker_alive: impl FnMut() -> bool,
+        stall: Duration,
+        limit: Duration,
+    ) -> bool {
+        let Some(mut seen) = self.in_flight(name) else {
+            return false;
+        };
+        if !worker_alive() {
+            return false;
+        }
+        let start = Instant::now();
+        let mut grew = start;
+        let mut next_alive_check = start + Duration::from_millis(200);
+        loop {
+            if self.sidecar(name).exists() {
+                return true;
+            }
+            let Some(now_seen) = self.in_flight(name) else {
+                // The worker dropped it (a 404, a failed check): the caller downloads it.
+                return self.sidecar(name).exists();
+            };
+            let now = Instant::now();
+            if now_seen != seen {
+                seen = now_seen;
+                grew = now;
+            }
+            if now.duration_since(grew) > stall || now.duration_since(start) > limit {
+                return false;
+            }
+            if now >= next_alive_check {
+                if !worker_alive() {
+                    return self.sidecar(name).exists();
+                }
+                next_alive_check = now + Duration::from_millis(200);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Removes what a killed worker may have left: part files and complete files without a
+    /// sidecar. Only the worker holding the spool's lock calls this.
+    pub fn remove_worker_debris(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            let orphan = file_name
+                .parse::<WalFileName>()
+                .is_ok_and(|n| !self.sidecar(&n).exists());
+            if file_name.ends_with(PART) || orphan {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Receives `name` into the spool: `NAME.part` (created before the request, so that a
+    /// fetch of that name sees it coming), verified against the server's SHA-256 and size,
+    /// renamed to `NAME`, then the sidecar. `Ok(false)`: 404. Only the worker calls this.
+    pub fn receive_one(
         &self,
         client: &Client,
         cluster: &str,
         name: &WalFileName,
     ) -> Result<bool, Failure> {
+        let local = |e: io::Error| Failure::Fatal(format!("cannot write to the spool: {e}"));
+        let mut part = TempFile::at(self.part(name)).map_err(local)?;
         let resp = client.get(&format!("/v1/clusters/{cluster}/wal/{name}"), true)?;
         match resp.status().as_u16() {
             200 => {}
             404 => return Ok(false),
             _ => return Err(status_failure(resp)),
         }
-        let (size, sha) = download(resp, &self.data(name))?;
-        // The sidecar is written last: a data file without one is never handed over.
-        let sidecar = self.sidecar(name);
-        let written = TempFile::beside(&sidecar).and_then(|mut tmp| {
-            tmp.write_all(format!("{sha} {size}\n").as_bytes())?;
-            tmp.persist_without_dir_sync(&sidecar)
-        });
-        if let Err(e) = written {
+        let got = receive(resp, &mut part, true)?;
+        let xxh3 = got
+            .xxh3
+            .ok_or_else(|| Failure::Fatal("no XXH3-128 was computed".into()))?;
+        part.publish(&self.data(name)).map_err(local)?;
+        self.write_sidecar(
+            name,
+            &Sidecar {
+                sha256: got.sha256,
+                size: got.size,
+                xxh3,
+            },
+        )
+        .map_err(|e| {
             self.remove(name);
-            return Err(Failure::Fatal(format!("cannot write to the spool: {e}")));
-        }
+            local(e)
+        })?;
         Ok(true)
+    }
+
+    /// The sidecar is written last: a data file without one is never handed over.
+    fn write_sidecar(&self, name: &WalFileName, sidecar: &Sidecar) -> io::Result<()> {
+        let path = self.sidecar(name);
+        let mut tmp = TempFile::beside(&path)?;
+        tmp.write_all(sidecar.to_line().as_bytes())?;
+        tmp.publish(&path)
+    }
+}
+
+fn check(sidecar: &Sidecar, size: u64, xxh3: Option<&str>) -> Result<(), String> {
+    let xxh3 = xxh3.unwrap_or("none");
+    if size == sidecar.size && xxh3 == sidecar.xxh3 {
+        Ok(())
+    } else {
+        Err(format!(
+            "fails its checksum ({size} bytes, XXH3-128 {xxh3}; expected {} bytes, {})",
+            sidecar.size, sidecar.xxh3
+        ))
+    }
+}
+
+/// Whether `a` and `b` are on one file system (a `rename` between them can work).
+fn same_file_system(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwal::checksum::{sha256_hex, xxh3_hex};
+
+    const SEG: u64 = 1 << 20;
+
+    fn segment_bytes(seed: u8) -> Vec<u8> {
+        (0..SEG)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    fn name(n: u64) -> WalFileName {
+        WalFileName::segment(1, n, SegmentSize::new(SEG).expect("size"))
+    }
+
+    /// A spool with `name` spooled as the worker would leave it.
+    fn spooled(state: &Path, name: &WalFileName, bytes: &[u8]) -> Spool {
+        let spool = Spool::in_state(state).expect("spool");
+        fs::write(spool.data(name), bytes).expect("write");
+        spool
+            .write_sidecar(
+                name,
+                &Sidecar {
+                    sha256: sha256_hex(bytes),
+                    size: bytes.len() as u64,
+                    xxh3: xxh3_hex(bytes),
+                },
+            )
+            .expect("sidecar");
+        spool
+    }
+
+    fn leftovers(spool: &Spool) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&spool.dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn sidecar_round_trip_and_refusals() {
+        let s = Sidecar {
+            sha256: "ab".repeat(32),
+            size: 16 << 20,
+            xxh3: "cd".repeat(16),
+        };
+        assert_eq!(Sidecar::parse(&s.to_line()), Some(s.clone()));
+        // The older two-field form, truncated or extended lines, and non-hex digests.
+        assert_eq!(Sidecar::parse(&format!("{} {}\n", s.sha256, s.size)), None);
+        assert_eq!(Sidecar::parse(&s.to_line()[..40]), None);
+        assert_eq!(Sidecar::parse(&format!("{} x", s.to_line().trim())), None);
+        assert_eq!(
+            Sidecar::parse(&format!("{} {} {}", "zz".repeat(32), s.size, s.xxh3)),
+            None
+        );
+    }
+
+    #[test]
+    fn hand_over_by_rename_and_by_copy() {
+        for method in [Method::Rename, Method::Copy] {
+            let state = tempfile::tempdir().expect("tempdir");
+            let pg_wal = tempfile::tempdir().expect("tempdir");
+            let bytes = segment_bytes(7);
+            let spool = spooled(state.path(), &name(3), &bytes);
+            let dest = pg_wal.path().join("RECOVERYXLOG");
+            assert_eq!(
+                spool.hand_over_by(&name(3), &dest, method),
+                HandOver::Done(SEG),
+                "{method:?}"
+            );
+            assert_eq!(fs::read(&dest).expect("read"), bytes, "{method:?}");
+            assert!(leftovers(&spool).is_empty(), "{method:?}");
+            // Only the destination is in pg_wal: no temp file left beside it.
+            assert_eq!(fs::read_dir(pg_wal.path()).expect("ls").count(), 1);
+            // Gone from the spool: a second hand-over of the name finds nothing.
+            assert_eq!(
+                spool.hand_over_by(&name(3), &dest, method),
+                HandOver::NotSpooled
+            );
+        }
+    }
+
+    #[test]
+    fn same_file_system_takes_the_rename() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = segment_bytes(1);
+        let spool = spooled(&dir.path().join("state"), &name(9), &bytes);
+        let pg_wal = dir.path().join("pg_wal");
+        fs::create_dir(&pg_wal).expect("mkdir");
+        assert!(same_file_system(&spool.dir, &pg_wal));
+        let inode = fs::metadata(spool.data(&name(9))).expect("stat").ino();
+        let dest = pg_wal.join("000000010000000000000009");
+        assert_eq!(spool.hand_over(&name(9), &dest), HandOver::Done(SEG));
+        assert_eq!(
+            fs::metadata(&dest).expect("stat").ino(),
+            inode,
+            "not renamed"
+        );
+        assert!(!same_file_system(&spool.dir, &dir.path().join("missing")));
+    }
+
+    #[test]
+    fn a_damaged_or_incomplete_spool_file_is_never_handed_over() {
+        for method in [Method::Rename, Method::Copy] {
+            let state = tempfile::tempdir().expect("tempdir");
+            let pg_wal = tempfile::tempdir().expect("tempdir");
+            let dest = pg_wal.path().join("RECOVERYXLOG");
+
+            // One flipped bit, same size.
+            let bytes = segment_bytes(2);
+            let spool = spooled(state.path(), &name(1), &bytes);
+            let mut damaged = bytes.clone();
+            damaged[5000] ^= 1;
+            fs::write(spool.data(&name(1)), &damaged).expect("write");
+            assert_eq!(
+                spool.hand_over_by(&name(1), &dest, method),
+                HandOver::Discarded
+            );
+            assert!(!dest.exists(), "{method:?}: a damaged file was handed over");
+
+            // Torn: shorter than its sidecar says.
+            let spool = spooled(state.path(), &name(2), &bytes);
+            fs::write(spool.data(&name(2)), &bytes[..1000]).expect("write");
+            assert_eq!(
+                spool.hand_over_by(&name(2), &dest, method),
+                HandOver::Discarded
+            );
+            assert!(!dest.exists());
+
+            // A sidecar without its file, and an unreadable sidecar.
+            let spool = spooled(state.path(), &name(4), &bytes);
+            fs::remove_file(spool.data(&name(4))).expect("rm");
+            assert_eq!(
+                spool.hand_over_by(&name(4), &dest, method),
+                HandOver::Discarded
+            );
+            let spool = spooled(state.path(), &name(5), &bytes);
+            fs::write(spool.sidecar(&name(5)), "garbage").expect("write");
+            assert_eq!(
+                spool.hand_over_by(&name(5), &dest, method),
+                HandOver::Discarded
+            );
+
+            // A file whose sidecar is not written yet is not spooled, and stays.
+            fs::write(spool.data(&name(6)), &bytes).expect("write");
+            assert_eq!(
+                spool.hand_over_by(&name(6), &dest, method),
+                HandOver::NotSpooled
+            );
+            assert!(!dest.exists());
+            assert_eq!(leftovers(&spool), vec![name(6).to_string()], "{method:?}");
+            assert_eq!(fs::read_dir(pg_wal.path()).expect("ls").count(), 0);
+        }
+    }
+
+    #[test]
+    fn wanted_window_and_housekeeping() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let bytes = segment_bytes(3);
+        let spool = spooled(state.path(), &name(5), &bytes);
+        assert_eq!(spool.wanted(), None);
+        assert_eq!(spool.segment_size_hint(&name(5)), Some(SEG));
+        assert_eq!(spool.segment_size_hint(&name(6)), None);
+        spool.set_wanted(&name(4), SEG).expect("wanted");
+        let wanted = spool.wanted().expect("recorded");
+        assert_eq!(wanted.name, name(4));
+        assert_eq!(spool.segment_size_hint(&name(6)), Some(SEG));
+        assert_eq!(
+            Spool::window(&wanted, 3),
+            vec![name(5), name(6), name(7)],
+            "the next names after the wanted one, in order"
+        );
+        assert!(spool.is_spooled(&name(5)));
+        assert_eq!(spool.used_bytes(), SEG);
+
+        // A request on another timeline drops timeline 1; debris goes with the worker's sweep.
+        fs::write(spool.part(&name(6)), b"partial").expect("write");
+        fs::write(spool.data(&name(8)), b"no sidecar").expect("write");
+        spool.remove_worker_debris();
+        assert_eq!(
+            leftovers(&spool),
+            vec![name(5).to_string(), format!("{}{SIDECAR}", name(5))]
+        );
+        let tl2 = WalFileName::segment(2, 5, SegmentSize::new(SEG).expect("size"));
+        spool.on_request(&tl2);
+        assert!(leftovers(&spool).is_empty());
+    }
+
+    #[test]
+    fn waits_only_while_the_worker_is_on_that_very_name() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::in_state(state.path()).expect("spool");
+        let quick = Duration::from_millis(300);
+        // Nothing in flight: no wait at all.
+        let start = Instant::now();
+        assert!(!spool.wait_for_worker(&name(1), || true, quick, quick));
+        assert!(start.elapsed() < Duration::from_millis(100));
+        // In flight but the worker is gone.
+        fs::write(spool.part(&name(1)), b"x").expect("write");
+        assert!(!spool.wait_for_worker(&name(1), || false, quick, quick));
+        // In flight and not growing: gives up after the stall time.
+        let start = Instant::now();
+        assert!(!spool.wait_for_worker(&name(1), || true, quick, Duration::from_secs(30)));
+        assert!(start.elapsed() >= quick);
+        // Completed by the "worker" meanwhile.
+        let bytes = segment_bytes(4);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                fs::write(spool.data(&name(1)), &bytes).expect("write");
+                let _ = fs::remove_file(spool.part(&name(1)));
+                spool
+                    .write_sidecar(
+                        &name(1),
+                        &Sidecar {
+                            sha256: sha256_hex(&bytes),
+                            size: bytes.len() as u64,
+                            xxh3: xxh3_hex(&bytes),
+                        },
+                    )
+                    .expect("sidecar");
+            });
+            assert!(spool.wait_for_worker(&name(1), || true, quick, Duration::from_secs(30)));
+        });
     }
 }
