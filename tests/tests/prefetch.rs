@@ -1,17 +1,24 @@
-//! Prefetching fetch (`wal-archive fetch --prefetch N`): the next segments are spooled, verified
-//! at hand-over, and timeline switches never hand over a segment of the wrong timeline.
+//! Prefetching fetch (`wal-archive fetch --prefetch N`): a detached worker spools the next
+//! segments while the caller goes on, each spooled file is verified at hand-over, timeline
+//! switches never hand over a segment of the wrong timeline, and the worker is alone per spool
+//! and goes away by itself.
 //!
-//! - `a_corrupted_spool_file_is_never_handed_over`: a fetch spools the next segments; a byte of
-//!   one spooled file is flipped; the fetch of that name detects it, downloads the archive's copy
-//!   and hands over exactly the archive's bytes; the next name comes from the spool; a request
-//!   on another timeline discards the spooled segments; a missing name is still a fast exit 1.
+//! - `a_corrupted_spool_file_is_never_handed_over`: a fetch starts the worker, which spools the
+//!   next segments; a byte of one spooled file is flipped; the fetch of that name detects it,
+//!   says it discarded it, downloads the archive's copy and hands over exactly the archive's
+//!   bytes; the next name comes from the spool; a request on another timeline empties the
+//!   spool; a missing name is still a fast exit 1.
+//! - `one_worker_per_spool_that_exits_when_idle`: two fetches started at once leave exactly one
+//!   worker; it got the token through its environment, not its arguments; a worker started by
+//!   hand while the lock is held exits at once; the worker exits by itself once idle.
 //! - `recovery_across_a_promotion_with_prefetch`: the failover scenario (an old base backup
 //!   replays timeline 1, then timeline 2 after a promotion, from the archive alone, with
-//!   `recovery_target_timeline = 'latest'`) with prefetch on: some segments come from the spool
-//!   and the data ends right.
+//!   `recovery_target_timeline = 'latest'`) with prefetch on: some segments come from the spool,
+//!   the data ends right, and the worker is gone afterwards.
 
-use std::path::Path;
-use std::time::Instant;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use wal_archive_e2e::{
@@ -20,14 +27,75 @@ use wal_archive_e2e::{
     WalFactory, DEADLINE, SEG_SIZE,
 };
 
+/// How long an idle worker may take to go away: its idle timeout is 3 s.
+const IDLE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Complete spooled segments: the file and its sidecar, as the worker leaves them.
 fn spooled(spool: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(spool)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 24)
+        .filter(|n| n.len() == 24 && spool.join(format!("{n}.sum")).exists())
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// Every file in the spool directory (segments, sidecars, part files).
+fn spool_files(spool: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(spool)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn lock_file(state: &Path) -> PathBuf {
+    state.join("prefetch-worker.lock")
+}
+
+fn worker_log(state: &Path) -> String {
+    std::fs::read_to_string(state.join("prefetch-worker.log")).unwrap_or_default()
+}
+
+/// Whether some process holds the worker lock of `state` (we can take it only if nobody does).
+fn worker_holds_lock(state: &Path) -> Result<bool> {
+    let path = lock_file(state);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let file = File::options().read(true).write(true).open(&path)?;
+    Ok(matches!(
+        file.try_lock(),
+        Err(std::fs::TryLockError::WouldBlock)
+    ))
+}
+
+/// The PID the worker wrote into its lock file, once it has.
+fn worker_pid(state: &Path) -> Result<Option<u32>> {
+    let text = std::fs::read_to_string(lock_file(state)).unwrap_or_default();
+    Ok(text.trim().parse().ok())
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting for its reaper).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Waits until no worker runs for `state`, as an idle one must do by itself.
+fn wait_worker_gone(state: &Path) -> Result<()> {
+    let pid = worker_pid(state)?;
+    wait_until(IDLE_DEADLINE, "the prefetch worker exits by itself", || {
+        Ok(!worker_holds_lock(state)? && pid.is_none_or(|p| !process_alive(p)))
+    })
+    .with_context(|| format!("--- worker log ---\n{}", worker_log(state)))
 }
 
 #[test]
@@ -73,18 +141,16 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
         ])
     };
 
-    let start = Instant::now();
     let out = fetch(&names[0])?;
-    let first_time = start.elapsed();
     ensure!(out.success(), "fetch {}: {}", names[0], out.describe());
     ensure!(sha256_file(&dest)? == sha256_file(&factory.path(&names[0]))?);
+    // The call returned at once; the worker fills the spool behind it.
     let spool = state.join("spool");
     let expected: Vec<String> = names[1..5].to_vec();
-    ensure!(
-        spooled(&spool)? == expected,
-        "spool holds {:?}, expected {expected:?}",
-        spooled(&spool)?
-    );
+    wait_until(DEADLINE, "the worker spools the next 4 segments", || {
+        Ok(spooled(&spool)? == expected)
+    })
+    .with_context(|| format!("spool: {:?}\n{}", spool_files(&spool), worker_log(&state)))?;
 
     // Flip a byte of the next spooled file: it must not reach PostgreSQL.
     let victim = spool.join(&names[1]);
@@ -94,8 +160,13 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
     let out = fetch(&names[1])?;
     ensure!(out.success(), "fetch {}: {}", names[1], out.describe());
     ensure!(
-        out.stderr.contains("fails its checksum"),
+        out.stderr.contains("fails its checksum") && out.stderr.contains("discarded"),
         "the corruption went unnoticed: {}",
+        out.describe()
+    );
+    ensure!(
+        !out.stderr.contains("from the prefetch spool"),
+        "{}",
         out.describe()
     );
     let archived = server.api().get_wal("main", &names[1], None)?;
@@ -112,7 +183,7 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
     );
     ensure!(!victim.exists(), "the corrupt spool file was kept");
 
-    // The next name is a local copy.
+    // The next name is a local copy, moved rather than downloaded.
     let start = Instant::now();
     let out = fetch(&names[2])?;
     let spool_time = start.elapsed();
@@ -123,6 +194,11 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
         out.describe()
     );
     ensure!(sha256_file(&dest)? == sha256_file(&factory.path(&names[2]))?);
+    ensure!(
+        !spool.join(&names[2]).exists(),
+        "{} is still in the spool after its hand-over",
+        names[2]
+    );
 
     // A request on timeline 2 (as after a promotion): timeline-1 segments leave the spool and
     // are never handed over under a timeline-2 name.
@@ -132,18 +208,155 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
     let out = fetch(&tl2)?;
     ensure!(out.code == Some(1), "fetch {tl2}: {}", out.describe());
     ensure!(!dest.exists(), "{tl2} was handed over");
-    ensure!(
-        spooled(&spool)?.is_empty(),
-        "timeline-1 segments left in the spool: {:?}",
-        spooled(&spool)?
-    );
+    // A download the worker had under way when the request came may still land; it goes at
+    // the worker's next look at the wanted name.
+    wait_until(DEADLINE, "timeline-1 segments leave the spool", || {
+        Ok(spooled(&spool)?.is_empty())
+    })
+    .with_context(|| format!("spool: {:?}", spool_files(&spool)))?;
     // A name the archive does not have: a fast no, nothing written.
     let missing = segment_offset(names.last().context("names")?, 5, SEG_SIZE)?;
     let out = fetch(&missing)?;
     ensure!(out.code == Some(1), "fetch {missing}: {}", out.describe());
     ensure!(!dest.exists(), "{missing} was handed over");
 
-    eprintln!("timing: fetch from the server + fill {first_time:?}, from the spool {spool_time:?}");
+    wait_worker_gone(&state)?;
+    eprintln!("timing: fetch from the spool {spool_time:?}");
+    Ok(())
+}
+
+#[test]
+fn one_worker_per_spool_that_exits_when_idle() -> Result<()> {
+    let dir = TestDir::new("prefetch-worker")?;
+    let secret = format!(
+        "wa-prefetch-{}",
+        sha256_hex(dir.path().as_os_str().as_encoded_bytes())
+    );
+    let config = format!(
+        "[[tokens]]\nname = \"main-archiver\"\nsecret_sha256 = \"{}\"\nrole = \"archiver\"\n",
+        sha256_hex(secret.as_bytes())
+    );
+    let server = Server::start_with_config(&dir, Some(&config))?;
+    let factory = WalFactory::start(&dir, "factory")?;
+    let names = factory.make_segments(5)?;
+    let cli = Cli::new(&dir)?.env("WAL_ARCHIVE_TOKEN", &secret);
+    let url = server.url();
+    for name in &names {
+        let path = factory.path(name);
+        cli.run_ok([
+            "--url",
+            &url,
+            "--look-ahead",
+            "0",
+            "push",
+            "--cluster",
+            "main",
+            path.to_str().context("path")?,
+        ])?;
+    }
+
+    let pg_wal = dir.subdir("restore-pg_wal")?;
+    let state = dir.subdir("state")?;
+    let spool = state.join("spool");
+    let fetch_args = |name: &str, dest: &Path| -> Result<Vec<String>> {
+        Ok([
+            "--url",
+            &url,
+            "--spool-dir",
+            state.to_str().context("path")?,
+            "--prefetch",
+            "3",
+            "fetch",
+            "--cluster",
+            "main",
+            name,
+            dest.to_str().context("path")?,
+            "--pgdata",
+            pg_wal.to_str().context("path")?,
+        ]
+        .map(String::from)
+        .to_vec())
+    };
+
+    // Two fetches at once, both finding no worker: at most one may take the spool.
+    let args_a = fetch_args(&names[0], &pg_wal.join("A"))?;
+    let args_b = fetch_args(&names[0], &pg_wal.join("B"))?;
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| cli.run(&args_a));
+        let b = s.spawn(|| cli.run(&args_b));
+        (a.join(), b.join())
+    });
+    let a = a.map_err(|_| anyhow::anyhow!("fetch A panicked"))??;
+    let b = b.map_err(|_| anyhow::anyhow!("fetch B panicked"))??;
+    ensure!(
+        a.success() && b.success(),
+        "{}\n{}",
+        a.describe(),
+        b.describe()
+    );
+    let original = sha256_file(&factory.path(&names[0]))?;
+    ensure!(sha256_file(&pg_wal.join("A"))? == original);
+    ensure!(sha256_file(&pg_wal.join("B"))? == original);
+
+    wait_until(DEADLINE, "the worker spools the next 3 segments", || {
+        Ok(spooled(&spool)? == names[1..4])
+    })
+    .with_context(|| format!("spool: {:?}\n{}", spool_files(&spool), worker_log(&state)))?;
+    let pid = worker_pid(&state)?.context("no PID in the worker's lock file")?;
+
+    // The token reached the worker (the server answered it), but not through its arguments.
+    if process_alive(pid) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        ensure!(
+            !cmdline.contains(&secret),
+            "the token is in the worker's arguments: {cmdline}"
+        );
+        ensure!(cmdline.contains("fetch-worker"), "{cmdline}");
+    }
+
+    // A worker started by hand while the lock is held goes away at once.
+    {
+        let held = File::options()
+            .read(true)
+            .write(true)
+            .open(lock_file(&state))?;
+        wait_until(DEADLINE, "the test holds the worker lock", || {
+            Ok(held.try_lock().is_ok())
+        })?;
+        let out = cli.run([
+            "--url",
+            &url,
+            "--spool-dir",
+            state.to_str().context("path")?,
+            "fetch-worker",
+            "--cluster",
+            "main",
+        ])?;
+        ensure!(out.success(), "{}", out.describe());
+        ensure!(
+            out.elapsed < Duration::from_secs(5),
+            "a second worker ran for {:?}",
+            out.elapsed
+        );
+        ensure!(
+            out.stderr.contains("another worker runs for this spool"),
+            "{}",
+            out.describe()
+        );
+    }
+
+    // Idle (the archive ends, PostgreSQL asks for nothing): the worker exits by itself.
+    wait_worker_gone(&state)?;
+    ensure!(!process_alive(pid), "worker {pid} still runs");
+    let log = worker_log(&state);
+    ensure!(
+        log.matches(": started").count() == 1,
+        "not exactly one worker took the spool:\n{log}"
+    );
+    ensure!(log.contains("exiting: nothing to do"), "{log}");
+    // Not a byte of the secret in the log either.
+    ensure!(!log.contains(&secret), "the token is in the worker log");
     Ok(())
 }
 
@@ -267,5 +480,11 @@ fn recovery_across_a_promotion_with_prefetch() -> Result<()> {
         got == expected_data,
         "B's data {got} differs from the promoted standby's {expected_data}"
     );
+    ensure!(
+        worker_log(&state).contains(": started"),
+        "no prefetch worker ran:\n{}",
+        worker_log(&state)
+    );
+    wait_worker_gone(&state)?;
     Ok(())
 }
