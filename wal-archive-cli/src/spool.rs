@@ -12,15 +12,19 @@
 //!
 //! Files of `STATE/spool/`:
 //! - `NAME`: a complete spooled segment;
-//! - `NAME.sum`: its sidecar, `SHA256 SIZE XXH3` (hex SHA-256 the server sent and the bytes
-//!   matched, size, hex XXH3-128 of the same bytes), written after `NAME`;
+//! - `NAME.sum`: its sidecar, `SHA256 SIZE XXH3 ORIGIN` (hex SHA-256 the server sent and the
+//!   bytes matched, size, hex XXH3-128 of the same bytes, and the [`origin`] it came from),
+//!   written after `NAME`;
 //! - `NAME.part`: the segment the worker is receiving (only the worker, which holds the
 //!   spool's lock, writes these).
 //!
 //! # What is handed over (invariants)
 //!
 //! - **Only exact names.** A spooled file is handed over only for the very name PostgreSQL asks
-//!   for, never for "the same segment on another timeline" (pgBackRest issue 2423).
+//!   for, never for "the same segment on another timeline" (pgBackRest issue 2423), and only
+//!   to a fetch of the same server URL and cluster: an explicit `--spool-dir` may be shared by
+//!   several clusters' restore_commands, so the sidecar and the wanted record carry the
+//!   origin, and a worker serves only the wanted names of its own.
 //! - **Only verified bytes.** A file is spooled only after its SHA-256 and size matched what the
 //!   server sent (`X-Content-Sha256` / `X-Content-Size`, checked while receiving, as for a
 //!   direct download); its XXH3-128 is computed in the same pass and kept in the sidecar,
@@ -48,6 +52,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use pgwal::checksum::Sha256;
 use pgwal::name::{WalFileKind, WalFileName};
 use pgwal::segment::SegmentSize;
 
@@ -69,11 +74,15 @@ pub struct Sidecar {
     pub sha256: String,
     pub size: u64,
     pub xxh3: String,
+    pub origin: String,
 }
 
 impl Sidecar {
     fn to_line(&self) -> String {
-        format!("{} {} {}\n", self.sha256, self.size, self.xxh3)
+        format!(
+            "{} {} {} {}\n",
+            self.sha256, self.size, self.xxh3, self.origin
+        )
     }
 
     fn parse(text: &str) -> Option<Sidecar> {
@@ -81,13 +90,25 @@ impl Sidecar {
         let sha256 = parts.next()?.to_ascii_lowercase();
         let size = parts.next()?.parse().ok()?;
         let xxh3 = parts.next()?.to_ascii_lowercase();
+        let origin = parts.next()?.to_string();
         let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         (parts.next().is_none() && hex(&sha256, 64) && hex(&xxh3, 32)).then_some(Sidecar {
             sha256,
             size,
             xxh3,
+            origin,
         })
     }
+}
+
+/// Where spooled files come from: 16 hex digits of the SHA-256 of the server URL and the
+/// cluster.
+pub fn origin(url: &str, cluster: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(url.as_bytes());
+    h.update(b"\n");
+    h.update(cluster.as_bytes());
+    h.finish_hex()[..16].to_string()
 }
 
 /// The last segment PostgreSQL asked for, as `fetch` recorded it for the worker.
@@ -120,6 +141,8 @@ enum Method {
 pub struct Spool {
     state: PathBuf,
     dir: PathBuf,
+    /// [`origin`] of the server and cluster this spool is used for.
+    origin: String,
 }
 
 impl Spool {
@@ -127,7 +150,10 @@ impl Spool {
     /// state directory is unusable: fetch then works without a spool.
     pub fn open(client: &Client, cluster: &str, dest: &Path) -> Option<Spool> {
         let pg_wal = state::parent_dir(dest);
-        match state::dir(&client.settings, cluster, &pg_wal).and_then(|d| Spool::in_state(&d)) {
+        let origin = origin(&client.settings.url, cluster);
+        match state::dir(&client.settings, cluster, &pg_wal)
+            .and_then(|d| Spool::in_state(&d, &origin))
+        {
             Ok(spool) => Some(spool),
             Err(e) => {
                 eprintln!("wal-archive fetch: prefetch off: no state directory: {e}");
@@ -136,11 +162,13 @@ impl Spool {
         }
     }
 
-    /// The spool of the state directory `state` (`STATE/spool`, created if missing).
-    pub fn in_state(state: &Path) -> io::Result<Spool> {
+    /// The spool of the state directory `state` (`STATE/spool`, created if missing), used for
+    /// the server and cluster of `origin`.
+    pub fn in_state(state: &Path, origin: &str) -> io::Result<Spool> {
         Ok(Spool {
             dir: state::subdir(state, "spool")?,
             state: state.to_path_buf(),
+            origin: origin.to_string(),
         })
     }
 
@@ -242,18 +270,21 @@ impl Spool {
     pub fn set_wanted(&self, name: &WalFileName, seg_bytes: u64) -> io::Result<()> {
         let path = self.state.join(WANTED);
         let mut tmp = TempFile::beside(&path)?;
-        tmp.write_all(format!("{name} {seg_bytes}\n").as_bytes())?;
+        tmp.write_all(format!("{name} {seg_bytes} {}\n", self.origin).as_bytes())?;
         tmp.publish(&path)
     }
 
-    /// The last recorded request, if any and well-formed.
+    /// The last recorded request, if any, well-formed and of this spool's origin.
     pub fn wanted(&self) -> Option<Wanted> {
         let text = fs::read_to_string(self.state.join(WANTED)).ok()?;
         let mut parts = text.split_whitespace();
         let name: WalFileName = parts.next()?.parse().ok()?;
         let size = SegmentSize::new(parts.next()?.parse().ok()?).ok()?;
-        (name.kind() == WalFileKind::Segment && name.segment_name_is_valid_for(size))
-            .then_some(Wanted { name, size })
+        let origin = parts.next()?;
+        (origin == self.origin
+            && name.kind() == WalFileKind::Segment
+            && name.segment_name_is_valid_for(size))
+        .then_some(Wanted { name, size })
     }
 
     /// The segment size to assume for `name` before it is restored: its sidecar's, else that
@@ -294,7 +325,10 @@ impl Spool {
             return HandOver::NotSpooled;
         };
         let result = match Sidecar::parse(&text) {
-            Some(sidecar) => self.move_verified(name, &sidecar, dest, method),
+            Some(sidecar) if sidecar.origin == self.origin => {
+                self.move_verified(name, &sidecar, dest, method)
+            }
+            Some(_) => Err("was received from another server or cluster".to_string()),
             None => Err("has an unreadable sidecar".to_string()),
         };
         self.remove(name);
@@ -452,6 +486,7 @@ impl Spool {
                 sha256: got.sha256,
                 size: got.size,
                 xxh3,
+                origin: self.origin.clone(),
             },
         )
         .map_err(|e| {
@@ -507,19 +542,25 @@ mod tests {
         WalFileName::segment(1, n, SegmentSize::new(SEG).expect("size"))
     }
 
+    fn sidecar_of(bytes: &[u8]) -> Sidecar {
+        Sidecar {
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            xxh3: xxh3_hex(bytes),
+            origin: origin("http://127.0.0.1:8420", "main"),
+        }
+    }
+
+    fn open(state: &Path) -> Spool {
+        Spool::in_state(state, &origin("http://127.0.0.1:8420", "main")).expect("spool")
+    }
+
     /// A spool with `name` spooled as the worker would leave it.
     fn spooled(state: &Path, name: &WalFileName, bytes: &[u8]) -> Spool {
-        let spool = Spool::in_state(state).expect("spool");
+        let spool = open(state);
         fs::write(spool.data(name), bytes).expect("write");
         spool
-            .write_sidecar(
-                name,
-                &Sidecar {
-                    sha256: sha256_hex(bytes),
-                    size: bytes.len() as u64,
-                    xxh3: xxh3_hex(bytes),
-                },
-            )
+            .write_sidecar(name, &sidecar_of(bytes))
             .expect("sidecar");
         spool
     }
@@ -540,14 +581,25 @@ mod tests {
             sha256: "ab".repeat(32),
             size: 16 << 20,
             xxh3: "cd".repeat(16),
+            origin: origin("http://db", "main"),
         };
         assert_eq!(Sidecar::parse(&s.to_line()), Some(s.clone()));
         // The older two-field form, truncated or extended lines, and non-hex digests.
         assert_eq!(Sidecar::parse(&format!("{} {}\n", s.sha256, s.size)), None);
+        assert_eq!(
+            Sidecar::parse(&format!("{} {} {}\n", s.sha256, s.size, s.xxh3)),
+            None
+        );
         assert_eq!(Sidecar::parse(&s.to_line()[..40]), None);
         assert_eq!(Sidecar::parse(&format!("{} x", s.to_line().trim())), None);
         assert_eq!(
-            Sidecar::parse(&format!("{} {} {}", "zz".repeat(32), s.size, s.xxh3)),
+            Sidecar::parse(&format!(
+                "{} {} {} {}",
+                "zz".repeat(32),
+                s.size,
+                s.xxh3,
+                s.origin
+            )),
             None
         );
     }
@@ -684,9 +736,31 @@ mod tests {
     }
 
     #[test]
+    fn another_server_or_cluster_never_gets_the_file() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let pg_wal = tempfile::tempdir().expect("tempdir");
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+        let bytes = segment_bytes(5);
+        let ours = spooled(state.path(), &name(2), &bytes);
+        ours.set_wanted(&name(1), SEG).expect("wanted");
+        for (url, cluster) in [
+            ("http://127.0.0.1:8420", "other"),
+            ("http://b:8420", "main"),
+        ] {
+            let theirs = Spool::in_state(state.path(), &origin(url, cluster)).expect("spool");
+            assert_eq!(theirs.wanted(), None, "{url} {cluster}");
+        }
+        let theirs =
+            Spool::in_state(state.path(), &origin("http://b:8420", "main")).expect("spool");
+        assert_eq!(theirs.hand_over(&name(2), &dest), HandOver::Discarded);
+        assert!(!dest.exists());
+        assert_eq!(ours.wanted().map(|w| w.name), Some(name(1)));
+    }
+
+    #[test]
     fn waits_only_while_the_worker_is_on_that_very_name() {
         let state = tempfile::tempdir().expect("tempdir");
-        let spool = Spool::in_state(state.path()).expect("spool");
+        let spool = open(state.path());
         let quick = Duration::from_millis(300);
         // Nothing in flight: no wait at all.
         let start = Instant::now();
@@ -707,14 +781,7 @@ mod tests {
                 fs::write(spool.data(&name(1)), &bytes).expect("write");
                 let _ = fs::remove_file(spool.part(&name(1)));
                 spool
-                    .write_sidecar(
-                        &name(1),
-                        &Sidecar {
-                            sha256: sha256_hex(&bytes),
-                            size: bytes.len() as u64,
-                            xxh3: xxh3_hex(&bytes),
-                        },
-                    )
+                    .write_sidecar(&name(1), &sidecar_of(&bytes))
                     .expect("sidecar");
             });
             assert!(spool.wait_for_worker(&name(1), || true, quick, Duration::from_secs(30)));

@@ -18,7 +18,9 @@
 //! - **Work.** It keeps the next `prefetch` segments after the wanted one, on the wanted one's
 //!   timeline, spooled: always the first missing name, on `parallel` threads, while the spool
 //!   holds less than `prefetch_max_bytes`. A 404 means the archive ends there: that name and
-//!   the ones after it are asked again after [`REPOLL`]. It never writes into pg_wal.
+//!   the ones after it are asked again after [`REPOLL`]. It never writes into pg_wal. A wanted
+//!   record of another server or cluster (an explicit `--spool-dir` shared by several
+//!   clusters) is not its business: it goes idle, and that cluster's next fetch starts its own.
 //! - **Exit.** When the wanted name has not moved and nothing was received for [`IDLE_EXIT`];
 //!   after [`LIFETIME`] (the next fetch starts a new worker); when the server has been
 //!   unreachable for longer than the retry window. Every request has the client's timeouts
@@ -55,6 +57,10 @@ const LOG_FILE: &str = "prefetch-worker.log";
 /// Records `name` (a segment of `seg_bytes` bytes) as the one PostgreSQL asked for and makes
 /// sure a worker runs for the spool. Failures are logged: prefetch is only an optimisation.
 pub fn want(client: &Client, cluster: &str, spool: &Spool, name: &WalFileName, seg_bytes: u64) {
+    if seg_bytes > client.settings.prefetch_max_bytes {
+        // Not one segment fits: there is nothing a worker could do.
+        return;
+    }
     if let Err(e) = spool.set_wanted(name, seg_bytes) {
         eprintln!("wal-archive fetch: prefetch off: cannot record {name} as wanted: {e}");
         return;
@@ -152,7 +158,8 @@ pub fn run(client: &Client, cluster: &str) -> ExitCode {
         log("no state directory given (--spool-dir); exiting");
         return ExitCode::from(2);
     };
-    let spool = match Spool::in_state(&state) {
+    let origin = crate::spool::origin(&client.settings.url, cluster);
+    let spool = match Spool::in_state(&state, &origin) {
         Ok(s) => s,
         Err(e) => {
             log(format!("cannot open the spool in {}: {e}", state.display()));
