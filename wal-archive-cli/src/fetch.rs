@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER};
+use pgwal::api::{CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER, CONTENT_XXH3_HEADER};
 use pgwal::checksum::{Sha256, Xxh3};
 use pgwal::name::WalFileName;
 
@@ -160,15 +160,23 @@ fn header<'a>(resp: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<
 /// What [`receive`] wrote and verified.
 pub struct Received {
     pub size: u64,
-    /// Lowercase hex SHA-256, equal to the server's `X-Content-Sha256`.
+    /// Lowercase hex SHA-256 the server sent (`X-Content-Sha256`): checked against the bytes,
+    /// or vouched for by the XXH3-128 the server recorded with it (see [`receive`]).
     pub sha256: String,
     /// Lowercase hex XXH3-128 of the same bytes, when asked for.
     pub xxh3: Option<String>,
 }
 
-/// Streams a 200 response's body through zstd (if encoded) and SHA-256 (and XXH3-128 with
-/// `with_xxh3`) into `out`, then checks the checksum and size against what the server
-/// cataloged. `out` is left for the caller to publish only on `Ok`.
+/// Streams a 200 response's body through zstd (if encoded) into `out`, checking it against the
+/// checksum and size the server cataloged. `out` is left for the caller to publish only on
+/// `Ok`.
+///
+/// When the server sends `X-Content-Xxh3` (the XXH3-128 it recorded when it archived the
+/// file), the bytes are checked against that and not hashed with SHA-256 again: the server has
+/// just re-checked the stored SHA-256 before sending (DESIGN §7.3), so what is left to catch is
+/// damage in transit or on this host, which a 128-bit XXH3 catches as surely, at a thirtieth of
+/// the CPU. A header from a server that does not send it means SHA-256, as before. XXH3-128 is
+/// also computed with `with_xxh3` (the spool keeps it).
 pub fn receive(
     resp: ureq::http::Response<ureq::Body>,
     out: &mut TempFile,
@@ -179,14 +187,21 @@ pub fn receive(
         .ok_or_else(|| Failure::Fatal("the server sent no checksum header".into()))?;
     let expected_size: Option<u64> =
         header(&resp, CONTENT_SIZE_HEADER).and_then(|v| v.parse().ok());
+    let expected_xxh3 = header(&resp, CONTENT_XXH3_HEADER)
+        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase);
+    let (sha256, xxh3) = (
+        expected_xxh3.is_none(),
+        with_xxh3 || expected_xxh3.is_some(),
+    );
     let zstd = header(&resp, "content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("zstd"));
     let reader = resp.into_body().into_reader();
     let copied = if zstd {
         let dec = zstd::stream::read::Decoder::new(reader)
             .map_err(|e| Failure::Fatal(format!("cannot start decompression: {e}")))?;
-        copy_hashing(dec, out, true, with_xxh3)
+        copy_hashing(dec, out, sha256, xxh3)
     } else {
-        copy_hashing(reader, out, true, with_xxh3)
+        copy_hashing(reader, out, sha256, xxh3)
     };
     let hashed = copied.map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
@@ -195,17 +210,28 @@ pub fn receive(
         _ => Failure::Fatal(format!("download failed: {e}")),
     })?;
     let size = hashed.size;
-    let sha = hashed.sha256.unwrap_or_default();
-    if sha != expected_sha || expected_size.is_some_and(|s| s != size) {
+    let (what, got, expected) = match &expected_xxh3 {
+        Some(x) => (
+            "XXH3-128",
+            hashed.xxh3.clone().unwrap_or_default(),
+            x.clone(),
+        ),
+        None => (
+            "SHA-256",
+            hashed.sha256.clone().unwrap_or_default(),
+            expected_sha.clone(),
+        ),
+    };
+    if got != expected || expected_size.is_some_and(|s| s != size) {
         return Err(Failure::Fatal(format!(
-            "checksum mismatch: received {size} bytes with SHA-256 {sha}, the archive cataloged \
-             {} bytes with {expected_sha}; the file was not written",
+            "checksum mismatch: received {size} bytes with {what} {got}, the archive cataloged \
+             {} bytes with {expected}; the file was not written",
             expected_size.map_or("?".into(), |s| s.to_string())
         )));
     }
     Ok(Received {
         size,
-        sha256: sha,
+        sha256: expected_sha,
         xxh3: hashed.xxh3,
     })
 }
@@ -265,4 +291,86 @@ pub fn copy_hashing(
         sha256: sha.map(Sha256::finish_hex),
         xxh3: xxh.map(|h| h.finish_hex()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwal::checksum::{sha256_hex, xxh3_hex};
+
+    fn response(body: &[u8], headers: &[(&str, String)]) -> ureq::http::Response<ureq::Body> {
+        let mut b = ureq::http::Response::builder().status(200);
+        for (k, v) in headers {
+            b = b.header(*k, v.as_str());
+        }
+        b.body(ureq::Body::builder().data(body.to_vec()))
+            .expect("response")
+    }
+
+    fn receive_into(dir: &Path, resp: ureq::http::Response<ureq::Body>) -> Result<u64, Failure> {
+        download(resp, &dir.join("RECOVERYXLOG"))
+    }
+
+    #[test]
+    fn bytes_are_checked_against_the_servers_xxh3_else_its_sha256() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut damaged = good.clone();
+        damaged[123_456] ^= 1;
+        let size = good.len().to_string();
+        let with_xxh3 = |sha: String| {
+            vec![
+                (CONTENT_SHA256_HEADER, sha),
+                (CONTENT_XXH3_HEADER, xxh3_hex(&good)),
+                (CONTENT_SIZE_HEADER, size.clone()),
+            ]
+        };
+        // XXH3 given: it decides (the SHA-256 is the server's to check, not hashed again).
+        assert_eq!(
+            receive_into(dir.path(), response(&good, &with_xxh3(sha256_hex(&good)))).expect("ok"),
+            good.len() as u64
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("RECOVERYXLOG")).expect("read"),
+            good
+        );
+        std::fs::remove_file(dir.path().join("RECOVERYXLOG")).expect("rm");
+        let e = receive_into(
+            dir.path(),
+            response(&damaged, &with_xxh3(sha256_hex(&good))),
+        )
+        .expect_err("damaged bytes refused");
+        assert!(e.to_string().contains("XXH3-128"), "{e}");
+        // No XXH3 header (an older server): SHA-256 decides.
+        let sha_only = vec![
+            (CONTENT_SHA256_HEADER, sha256_hex(&good)),
+            (CONTENT_SIZE_HEADER, size.clone()),
+        ];
+        let e = receive_into(dir.path(), response(&damaged, &sha_only))
+            .expect_err("damaged bytes refused");
+        assert!(e.to_string().contains("SHA-256"), "{e}");
+        // A short body is refused whatever its checksum says.
+        let short = &good[..1000];
+        let e = receive_into(
+            dir.path(),
+            response(
+                short,
+                &[
+                    (CONTENT_SHA256_HEADER, sha256_hex(short)),
+                    (CONTENT_XXH3_HEADER, xxh3_hex(short)),
+                    (CONTENT_SIZE_HEADER, size.clone()),
+                ],
+            ),
+        )
+        .expect_err("short body refused");
+        assert!(e.to_string().contains("mismatch"), "{e}");
+        // Nothing was ever written at the destination, and no temp file is left.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(receive_into(dir.path(), response(&good, &sha_only)).is_ok());
+    }
 }

@@ -12,9 +12,8 @@
 //!
 //! Files of `STATE/spool/`:
 //! - `NAME`: a complete spooled segment;
-//! - `NAME.sum`: its sidecar, `SHA256 SIZE XXH3 ORIGIN` (hex SHA-256 the server sent and the
-//!   bytes matched, size, hex XXH3-128 of the same bytes, and the [`origin`] it came from),
-//!   written after `NAME`;
+//! - `NAME.sum`: its sidecar, `SHA256 SIZE XXH3 ORIGIN` (hex SHA-256 the server sent, size,
+//!   hex XXH3-128 of the bytes received, and the [`origin`] it came from), written after `NAME`;
 //! - `NAME.part`: the segment the worker is receiving (only the worker, which holds the
 //!   spool's lock, writes these).
 //!
@@ -25,9 +24,10 @@
 //!   to a fetch of the same server URL and cluster: an explicit `--spool-dir` may be shared by
 //!   several clusters' restore_commands, so the sidecar and the wanted record carry the
 //!   origin, and a worker serves only the wanted names of its own.
-//! - **Only verified bytes.** A file is spooled only after its SHA-256 and size matched what the
-//!   server sent (`X-Content-Sha256` / `X-Content-Size`, checked while receiving, as for a
-//!   direct download); its XXH3-128 is computed in the same pass and kept in the sidecar,
+//! - **Only verified bytes.** A file is spooled only after its checksum and size matched what
+//!   the server sent (`X-Content-Xxh3`, else `X-Content-Sha256`, and `X-Content-Size`, checked
+//!   while receiving, as for a direct download: [`crate::fetch::receive`]); its XXH3-128 is
+//!   computed in the same pass and kept in the sidecar,
 //!   which is written last: a file without a sidecar is never handed over. At hand-over the
 //!   file is read once more and must match the sidecar's XXH3-128 and size (about 3 ms for
 //!   16 MiB, where SHA-256 would take about 50 ms); it is then renamed to PostgreSQL's
@@ -459,7 +459,7 @@ impl Spool {
     }
 
     /// Receives `name` into the spool: `NAME.part` (created before the request, so that a
-    /// fetch of that name sees it coming), verified against the server's SHA-256 and size,
+    /// fetch of that name sees it coming), verified against the server's checksum and size,
     /// renamed to `NAME`, then the sidecar. `Ok(false)`: 404. Only the worker calls this.
     pub fn receive_one(
         &self,
