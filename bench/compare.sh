@@ -163,6 +163,24 @@ wal_level = replica
 hot_standby = on
 CONF
 psql_t() { as_pg "$PGBIN/psql" -X -qAt -h "$WORK/sock" -p "$PORT" -d postgres -c "$1"; }
+# wait_sql CONDITION SECONDS: returns once the SQL boolean CONDITION holds, setting WAIT_T1 to
+# the time it was seen. One psql process polls every 5 ms with \watch (it stops at the first
+# error, which the query raises once CONDITION holds), instead of a new psql process per poll:
+# those cost about an eighth of this machine's two CPUs and would slow whichever contender
+# needs the CPU most. Each poll is its own short query, so it holds no snapshot that could
+# delay a standby's replay. Fails after SECONDS.
+wait_sql() {
+  local deadline=$(( $(date +%s) + $2 ))
+  while :; do
+    printf '%s\n\\watch 0.005\n' "select 1 / (case when ($1) then 0 else 1 end);" |
+      as_pg timeout "$2" "$PGBIN/psql" -X -qAt -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$PORT" -d postgres \
+      >/dev/null 2>&1 || true
+    WAIT_T1=$(now)
+    [ "$(psql_t "select ($1)" 2>/dev/null || true)" = t ] && return 0
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.05   # not up yet, or a query canceled by a recovery conflict: again
+  done
+}
 as_pg "$PGBIN/pg_ctl" -D "$T" -w -l "$WORK/logs/template.log" start >/dev/null
 SEGSIZE=$(psql_t "select setting::bigint * (case unit when 'B' then 1 when 'kB' then 1024 when 'MB' then 1048576 end) from pg_settings where name = 'wal_segment_size'")
 # -X fetch, then its WAL removed: as -X none, without -X none's wait for the WAL to be archived
@@ -282,17 +300,13 @@ drain() { # name command [pgbackrest config]: prints seconds
       die "pgbackrest stanza-create failed" "$WORK/logs/stanza-create.log"
   fi
   sed -i "s|^archive_command = ''|archive_command = '$cmd'|" "$d/postgresql.conf"
-  local t0 t1 got deadline=$(( $(date +%s) + DRAIN_TIMEOUT ))
+  local t0 t1
   t0=$(now)
   psql_t "select pg_reload_conf()" >/dev/null
-  while :; do
-    got=$(psql_t "select coalesce(last_archived_wal, '') from pg_stat_archiver" 2>/dev/null || true)
-    [ "$got" = "$LAST" ] && break   # LAST is the template's last .ready file: nothing comes after
-    [ "$(date +%s)" -lt "$deadline" ] ||
-      die "waited ${DRAIN_TIMEOUT} s for $name to archive $LAST; last_archived_wal is [$got]; $(psql_t "select failed_count, last_failed_wal from pg_stat_archiver" 2>/dev/null || true)" "$log"
-    sleep 0.02
-  done
-  t1=$(now)
+  # LAST is the template's last .ready file: nothing comes after it.
+  wait_sql "(select coalesce(last_archived_wal, '') from pg_stat_archiver) = '$LAST'" "$DRAIN_TIMEOUT" ||
+    die "waited ${DRAIN_TIMEOUT} s for $name to archive $LAST; pg_stat_archiver: $(psql_t "select last_archived_wal, failed_count, last_failed_wal from pg_stat_archiver" 2>/dev/null || true)" "$log"
+  t1=$WAIT_T1
   as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
   rm -rf "$d"
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b - a}'
@@ -308,23 +322,21 @@ catchup() { # name restore_command [floor]: prints seconds
     xargs -I{} cp "$T/pg_wal/{}" "$d/pg_wal/" < "$WORK/segments.txt"
   fi
   own_pg "$d"
-  local t0 t1 got deadline=$(( $(date +%s) + CATCHUP_TIMEOUT ))
+  local t0 t1 deadline=$(( $(date +%s) + CATCHUP_TIMEOUT ))
   t0=$(now)
   as_pg "$PGBIN/pg_ctl" -D "$d" -W -l "$log" start >/dev/null
-  while :; do
-    got=$(psql_t "select pg_last_wal_replay_lsn()" 2>/dev/null || true)
-    if [ -n "$got" ] && [ "$(psql_t "select pg_wal_lsn_diff('$got', '$END_LSN') >= 0" 2>/dev/null || true)" = t ]; then
-      break
-    fi
-    [ "$(date +%s)" -lt "$deadline" ] ||
-      die "waited ${CATCHUP_TIMEOUT} s for the $name standby's pg_last_wal_replay_lsn() to reach $END_LSN; it is [$got]" "$log"
+  # A hot standby accepts connections once consistent (early: the base backup's end).
+  until psql_t "select 1" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "the $name standby accepted no connection in ${CATCHUP_TIMEOUT} s" "$log"
     # postmaster.pid is there from its first moments to its exit.
     if [ ! -f "$d/postmaster.pid" ] && awk -v a="$t0" -v b="$(now)" 'BEGIN {exit !(b - a > 3)}'; then
       die "the $name standby is not running (no postmaster.pid 3 s after pg_ctl start)" "$log"
     fi
-    sleep 0.02
+    sleep 0.05
   done
-  t1=$(now)
+  wait_sql "pg_last_wal_replay_lsn() >= '$END_LSN'::pg_lsn" "$CATCHUP_TIMEOUT" ||
+    die "waited ${CATCHUP_TIMEOUT} s for the $name standby's pg_last_wal_replay_lsn() to reach $END_LSN; it is [$(psql_t "select pg_last_wal_replay_lsn()" 2>/dev/null || true)]" "$log"
+  t1=$WAIT_T1
   as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
   rm -rf "$d"
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b - a}'
@@ -407,13 +419,9 @@ live() { # name command [pgbackrest config]: prints "lag_s tps wal_MB"
   tps=$(awk '/^tps = / && /without initial connection time|excluding connections/ {print $3}' "$WORK/logs/live-pgbench-$name.log")
   t0=$(now)
   seg=$(psql_t "select pg_walfile_name(pg_switch_wal())")
-  deadline=$(( $(date +%s) + DRAIN_TIMEOUT ))
-  until archived_at_least "$seg"; do
-    [ "$(date +%s)" -lt "$deadline" ] ||
-      die "live $name: waited ${DRAIN_TIMEOUT} s for $seg to be archived; last_archived_wal is [$(psql_t "select last_archived_wal from pg_stat_archiver" 2>/dev/null || true)]" "$log"
-    sleep 0.02
-  done
-  t1=$(now)
+  wait_sql "(select coalesce(last_archived_wal, '') from pg_stat_archiver) >= '$seg'" "$DRAIN_TIMEOUT" ||
+    die "live $name: waited ${DRAIN_TIMEOUT} s for $seg to be archived; last_archived_wal is [$(psql_t "select last_archived_wal from pg_stat_archiver" 2>/dev/null || true)]" "$log"
+  t1=$WAIT_T1
   local mb; mb=$(psql_t "select round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1e6)")
   as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
   rm -rf "$d"
