@@ -58,48 +58,77 @@ impl Trailer {
     }
 }
 
+/// Uncompressed bytes per zstd frame written by [`Compressor`].
+pub const FRAME_BYTES: usize = 1 << 20;
+
 /// Incremental zstd compression over chunks, appending compressed bytes to a caller's buffer.
+///
+/// The input is cut into frames of [`FRAME_BYTES`], each compressed in one call from one
+/// contiguous buffer. A single streamed frame would cost more: zstd's streaming input buffer is
+/// only a window plus a block long, so after it wraps nearly every block is matched in its
+/// slower "external dictionary" mode (measured on WAL at level 1: a third of all compression
+/// time). Matches across a frame boundary are lost, which costs about 0.06% in size on WAL.
+/// The result is an ordinary multi-frame zstd stream; every frame carries its own checksum.
 pub struct Compressor {
-    encoder: zstd::stream::raw::Encoder<'static>,
+    cctx: zstd::bulk::Compressor<'static>,
+    pending: Vec<u8>,
     scratch: Vec<u8>,
+    frames: usize,
 }
 
 impl Compressor {
     pub fn new(level: i32) -> std::io::Result<Self> {
-        let mut encoder = zstd::stream::raw::Encoder::new(level)?;
+        let mut cctx = zstd::bulk::Compressor::new(level)?;
         // The frame checksum lets any zstd tool detect corruption of a stored object on its own.
-        use zstd::stream::raw::CParameter;
-        encoder.set_parameter(CParameter::ChecksumFlag(true))?;
+        cctx.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))?;
         Ok(Compressor {
-            encoder,
-            scratch: vec![0u8; zstd::zstd_safe::CCtx::out_size().max(64 * 1024)],
+            cctx,
+            pending: Vec::new(),
+            scratch: Vec::new(),
+            frames: 0,
         })
     }
 
     pub fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
-        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
         while !input.is_empty() {
-            let mut inb = InBuffer::around(input);
-            let mut outb = OutBuffer::around(&mut self.scratch[..]);
-            self.encoder.run(&mut inb, &mut outb)?;
-            let (consumed, produced) = (inb.pos(), outb.pos());
-            out.extend_from_slice(&self.scratch[..produced]);
-            input = &input[consumed..];
+            if self.pending.is_empty() && input.len() >= FRAME_BYTES {
+                // A whole frame in the caller's buffer: no copy.
+                let (frame, rest) = input.split_at(FRAME_BYTES);
+                self.frame(frame, out)?;
+                input = rest;
+                continue;
+            }
+            let take = (FRAME_BYTES - self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.pending.len() == FRAME_BYTES {
+                let pending = std::mem::take(&mut self.pending);
+                self.frame(&pending, out)?;
+                self.pending = pending;
+                self.pending.clear();
+            }
         }
         Ok(())
     }
 
+    /// Compresses what is left; an empty input still makes one (empty) frame, so the object is
+    /// a valid zstd stream.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        use zstd::stream::raw::{Operation, OutBuffer};
-        loop {
-            let mut outb = OutBuffer::around(&mut self.scratch[..]);
-            let remaining = self.encoder.finish(&mut outb, true)?;
-            let produced = outb.pos();
-            out.extend_from_slice(&self.scratch[..produced]);
-            if remaining == 0 {
-                return Ok(());
-            }
+        if !self.pending.is_empty() || self.frames == 0 {
+            let pending = std::mem::take(&mut self.pending);
+            self.frame(&pending, out)?;
         }
+        Ok(())
+    }
+
+    fn frame(&mut self, src: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.scratch.clear();
+        self.scratch
+            .reserve(zstd::zstd_safe::compress_bound(src.len()));
+        self.cctx.compress_to_buffer(src, &mut self.scratch)?;
+        out.extend_from_slice(&self.scratch);
+        self.frames += 1;
+        Ok(())
     }
 }
 
@@ -188,6 +217,33 @@ mod tests {
             Trailer::decode(&out[out.len() - TRAILER_LEN..]),
             Some(trailer)
         );
+    }
+
+    #[test]
+    fn frames_of_any_input_shape_decode_to_the_input() {
+        let big: Vec<u8> = (0..(2 * FRAME_BYTES + 4321) as u32)
+            .map(|i| (i % 253) as u8 ^ ((i >> 12) as u8))
+            .collect();
+        // (input, size of the writes)
+        for (data, write) in [(Vec::new(), 1), (big.clone(), big.len()), (big, 65_536)] {
+            let mut c = Compressor::new(1).expect("encoder");
+            let mut out = Vec::new();
+            for chunk in data.chunks(write) {
+                c.write(chunk, &mut out).expect("compress");
+            }
+            c.finish(&mut out).expect("finish");
+            assert_eq!(zstd::decode_all(&out[..]).expect("decodes"), data);
+            let mut d = Decompressor::new().expect("decoder");
+            let mut got = Vec::new();
+            for chunk in out.chunks(4096) {
+                d.write(chunk, |b| {
+                    got.extend_from_slice(b);
+                    Ok(())
+                })
+                .expect("decompress");
+            }
+            assert_eq!(got, data);
+        }
     }
 
     #[test]
