@@ -9,7 +9,8 @@
 //!   asked for in `STATE/prefetch-wanted` (temp file + rename) and, if no worker holds the
 //!   spool's lock, starts one: the same binary with the same server, cluster, settings and
 //!   state directory, in its own process group, stdin null, stdout and stderr appended to
-//!   `STATE/prefetch-worker.log`, working directory `/`. The token travels in
+//!   `STATE/prefetch-worker.log`, working directory `/`, at nice 10: on a host short of CPU,
+//!   PostgreSQL's startup process, which replays what the worker fetched, goes first. The token travels in
 //!   `WAL_ARCHIVE_TOKEN`, never in the arguments, which anyone can read in `ps` (DESIGN §7.7).
 //! - **One per spool.** The worker holds an exclusive `flock` on `STATE/prefetch-worker.lock`
 //!   for its whole life and writes its PID there; a second worker that cannot take the lock
@@ -40,6 +41,8 @@ use pgwal::name::WalFileName;
 use crate::client::Client;
 use crate::spool::{Spool, Wanted};
 
+/// The worker's niceness increment (see nice(2)).
+const WORKER_NICE: i32 = 10;
 /// A worker with nothing to do for this long exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(3);
 /// A worker exits after this long in any case.
@@ -194,6 +197,11 @@ pub fn run(client: &Client, cluster: &str) -> ExitCode {
     let _ = lock
         .set_len(0)
         .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    // Background work: PostgreSQL's startup process, replaying what this worker fetched, is
+    // the one that must not wait for a CPU.
+    if let Err(e) = rustix::process::nice(WORKER_NICE) {
+        log(format!("cannot lower the worker's priority: {e}"));
+    }
     log("started");
     spool.remove_worker_debris();
     let worker = Worker::new(client, cluster, &spool);
