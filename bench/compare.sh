@@ -300,13 +300,15 @@ drain() { # name command [pgbackrest config]: prints seconds
       die "pgbackrest stanza-create failed" "$WORK/logs/stanza-create.log"
   fi
   sed -i "s|^archive_command = ''|archive_command = '$cmd'|" "$d/postgresql.conf"
-  local t0 t1
+  local t0 t1 c0 s0
+  c0=$(server_cpu); s0=$(head -n 1 /proc/stat)
   t0=$(now)
   psql_t "select pg_reload_conf()" >/dev/null
   # LAST is the template's last .ready file: nothing comes after it.
   wait_sql "(select coalesce(last_archived_wal, '') from pg_stat_archiver) = '$LAST'" "$DRAIN_TIMEOUT" ||
     die "waited ${DRAIN_TIMEOUT} s for $name to archive $LAST; pg_stat_archiver: $(psql_t "select last_archived_wal, failed_count, last_failed_wal from pg_stat_archiver" 2>/dev/null || true)" "$log"
   t1=$WAIT_T1
+  cpu_note "$WORK/cpu-drain-$name.txt" "$c0" "$s0"
   as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
   rm -rf "$d"
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b - a}'
@@ -322,7 +324,8 @@ catchup() { # name restore_command [floor]: prints seconds
     xargs -I{} cp "$T/pg_wal/{}" "$d/pg_wal/" < "$WORK/segments.txt"
   fi
   own_pg "$d"
-  local t0 t1 deadline=$(( $(date +%s) + CATCHUP_TIMEOUT ))
+  local t0 t1 c0 s0 deadline=$(( $(date +%s) + CATCHUP_TIMEOUT ))
+  c0=$(server_cpu); s0=$(head -n 1 /proc/stat)
   t0=$(now)
   as_pg "$PGBIN/pg_ctl" -D "$d" -W -l "$log" start >/dev/null
   # A hot standby accepts connections once consistent (early: the base backup's end).
@@ -337,9 +340,21 @@ catchup() { # name restore_command [floor]: prints seconds
   wait_sql "pg_last_wal_replay_lsn() >= '$END_LSN'::pg_lsn" "$CATCHUP_TIMEOUT" ||
     die "waited ${CATCHUP_TIMEOUT} s for the $name standby's pg_last_wal_replay_lsn() to reach $END_LSN; it is [$(psql_t "select pg_last_wal_replay_lsn()" 2>/dev/null || true)]" "$log"
   t1=$WAIT_T1
+  cpu_note "$WORK/cpu-catchup-$name.txt" "$c0" "$s0"
   as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
   rm -rf "$d"
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b - a}'
+}
+
+# CPU accounting beside the timings: the server's CPU seconds (utime + stime) and how busy the
+# machine was (all CPUs, /proc/stat) between two snapshots.
+server_cpu() { awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$SERVER_PID/stat"; }
+cpu_note() { # file server_cpu_before stat_before: appends "server_cpu_s busy_percent"
+  local c1 s1; c1=$(server_cpu); s1=$(head -n 1 /proc/stat)
+  awk -v c0="$2" -v c1="$c1" -v a="$3" -v b="$s1" 'BEGIN {
+    split(a, x); split(b, y); t = 0; for (i = 2; i <= 9; i++) t += y[i] - x[i]
+    idle = (y[5] - x[5]) + (y[6] - x[6])
+    printf "%.2f %.0f\n", c1 - c0, (t > 0 ? 100 * (t - idle) / t : 0) }' >> "$1"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -516,6 +531,11 @@ done
 awk -v w="$(med "${DRAIN[wal-archive]}")" -v p="$(med "${DRAIN[pgbackrest]}")" \
   'BEGIN {s = p / w; printf "wal-archive speedup over pgBackRest async: %.2fx (target >= 1.50x: %s)\n", s, (s >= 1.5 ? "met" : "NOT met")}'
 for c in wal-archive cp true pgbackrest; do printf '  %s [%s]' "$c" "${DRAIN[$c]% }"; done; echo "  (per-round s)"
+cpu_line() { # file: "server CPU <median> s, machine <median>% busy"
+  [ -f "$1" ] || { echo "n/a"; return; }
+  echo "server CPU $(cut -d' ' -f1 "$1" | median) s, machine $(cut -d' ' -f2 "$1" | median)% busy"
+}
+for c in wal-archive cp pgbackrest; do printf '  during the %s drain: %s\n' "$c" "$(cpu_line "$WORK/cpu-drain-$c.txt")"; done
 WA_STORED=$(curl -fs "$URL/v1/clusters/bench1/wal" | python3 -c '
 import json, sys
 print(sum(f["stored_size"] for f in json.load(sys.stdin)["files"]))' 2>/dev/null || echo "")
@@ -539,6 +559,7 @@ if [ -n "$PROXY_URL" ]; then
     'BEGIN {printf "wal-archive catch-up with %s ms added RTT (user-space delay proxy; no netem here) vs floor: %.3fx\n", r, w / f}'
 fi
 for c in $CATCHERS; do printf '  %s [%s]' "$c" "${CATCH[$c]% }"; done; echo "  (per-round s)"
+for c in $CATCHERS; do printf '  during the %s catch-up: %s\n' "$c" "$(cpu_line "$WORK/cpu-catchup-$c.txt")"; done
 
 echo
 if [ "$EXTRAS" = 1 ]; then
