@@ -259,9 +259,19 @@ async fn put_wal(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token = authorize(&state, &headers, &cluster, Operation::Push)?;
+    let mut body = body.into_data_stream();
+    let token = match authorize(&state, &headers, &cluster, Operation::Push) {
+        Ok(t) => t,
+        Err(e) => {
+            drain_body(&mut body).await;
+            return Err(e);
+        }
+    };
     let started = std::time::Instant::now();
-    let result = put_wal_inner(&state, &cluster, &name, &headers, body).await;
+    let result = put_wal_inner(&state, &cluster, &name, &headers, &mut body).await;
+    if result.is_err() {
+        drain_body(&mut body).await;
+    }
     match &result {
         Ok((_, r)) => crate::metrics::record_push(&cluster, &r.outcome, r.size, started.elapsed()),
         Err(e) => crate::metrics::record_push(&cluster, e.kind, 0, started.elapsed()),
@@ -281,7 +291,7 @@ async fn put_wal_inner(
     cluster: &str,
     name: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut axum::body::BodyDataStream,
 ) -> Result<(StatusCode, PutResponse), ApiError> {
     let wal_name = parse_name(name)?;
     let zstd = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
@@ -324,7 +334,7 @@ async fn put_wal_inner(
     };
     let level = state.config.cluster(cluster).compression_level;
     let upload = Upload {
-        body: body.into_data_stream(),
+        body,
         zstd,
         claimed_sha256,
         claimed_xxh3,
@@ -348,6 +358,21 @@ async fn put_wal_inner(
             stored_size: r.stored_size,
         },
     ))
+}
+
+/// Reads and discards what is left of a refused upload's body, at most a segment's worth and
+/// for at most 10 s. A client still sending when the server answers and closes gets a reset
+/// connection instead of the answer, and would retry a permanent refusal (401, 409, 422) as if
+/// the server were unreachable.
+async fn drain_body(body: &mut axum::body::BodyDataStream) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut drained = 0u64;
+    while drained <= crate::archive::MAX_SEGMENT_BYTES {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+            _ => return,
+        }
+    }
 }
 
 pub(crate) fn accepts_zstd(headers: &HeaderMap) -> bool {
