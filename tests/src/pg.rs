@@ -478,6 +478,20 @@ impl Pg {
         parse_lsn(&self.psql("select pg_current_wal_flush_lsn()")?)
     }
 
+    /// Whether this standby's WAL receiver is streaming from its primary.
+    pub fn is_streaming(&self) -> Result<bool> {
+        Ok(
+            self.psql("select count(*) from pg_stat_wal_receiver where status = 'streaming'")?
+                == "1",
+        )
+    }
+
+    /// Waits until this standby streams from its primary; the error carries its log's tail.
+    pub fn wait_streaming(&self, deadline: Duration) -> Result<()> {
+        wait_until(deadline, "the standby streams", || self.is_streaming())
+            .with_context(|| self.log_tail())
+    }
+
     /// `pg_last_wal_replay_lsn()` (standby), 0 when nothing was replayed yet.
     pub fn replay_lsn(&self) -> Result<u64> {
         let text = self.psql("select coalesce(pg_last_wal_replay_lsn(), '0/0')")?;

@@ -65,13 +65,7 @@ fn backup_recovers_across_a_promotion_from_the_archive() -> Result<()> {
     // standby archives to the same cluster.
     standby.set("restore_command", restore_command(&server, "main")?)?;
     standby.start()?;
-    wait_until(DEADLINE, "the standby streams", || {
-        Ok(
-            standby.psql("select count(*) from pg_stat_wal_receiver where status = 'streaming'")?
-                == "1",
-        )
-    })
-    .with_context(|| standby.log_tail())?;
+    standby.wait_streaming(DEADLINE)?;
 
     // Timeline 1: several segments, then a few rows in the current segment.
     let mut next = 1001;

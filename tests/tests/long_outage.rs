@@ -20,13 +20,6 @@ use wal_archive_e2e::{
 /// Segments the standby never saw that must have been recycled on the primary before it restarts.
 const UNSEEN_SEGMENTS_GONE: i64 = 16;
 
-fn is_streaming(standby: &Pg) -> Result<bool> {
-    Ok(
-        standby.psql("select count(*) from pg_stat_wal_receiver where status = 'streaming'")?
-            == "1",
-    )
-}
-
 #[test]
 fn standby_catches_up_from_the_archive_after_a_long_outage() -> Result<()> {
     let dir = TestDir::new("long-outage")?;
@@ -45,7 +38,7 @@ fn standby_catches_up_from_the_archive_after_a_long_outage() -> Result<()> {
     standby.set("hot_standby", "on")?;
     standby.start()?;
     wait_until(DEADLINE, "the standby streams from the primary", || {
-        is_streaming(&standby)
+        standby.is_streaming()
     })
     .with_context(|| standby.log_tail())?;
     let caught_up_to = primary.flush_lsn()?;
@@ -117,7 +110,7 @@ fn standby_catches_up_from_the_archive_after_a_long_outage() -> Result<()> {
     )
     .with_context(|| standby.log_tail())?;
     wait_until(DEADLINE, "the restarted standby streams again", || {
-        is_streaming(&standby)
+        standby.is_streaming()
     })
     .with_context(|| standby.log_tail())?;
 

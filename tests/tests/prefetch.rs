@@ -31,6 +31,24 @@ use wal_archive_e2e::{
 const IDLE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Complete spooled segments: the file and its sidecar, as the worker leaves them.
+/// Pushes the factory's `names` to cluster `main`, one file per call.
+fn archive_all(cli: &Cli, url: &str, factory: &WalFactory, names: &[String]) -> Result<()> {
+    for name in names {
+        let path = factory.path(name);
+        cli.run_ok([
+            "--url",
+            url,
+            "--look-ahead",
+            "0",
+            "push",
+            "--cluster",
+            "main",
+            path.to_str().context("path")?,
+        ])?;
+    }
+    Ok(())
+}
+
 fn spooled(spool: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(spool)?
         .flatten()
@@ -106,19 +124,7 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
     let names = factory.make_segments(6)?;
     let cli = Cli::new(&dir)?;
     let url = server.url();
-    for name in &names {
-        let path = factory.path(name);
-        cli.run_ok([
-            "--url",
-            &url,
-            "--look-ahead",
-            "0",
-            "push",
-            "--cluster",
-            "main",
-            path.to_str().context("path")?,
-        ])?;
-    }
+    archive_all(&cli, &url, &factory, &names)?;
 
     let pg_wal = dir.subdir("restore-pg_wal")?;
     let state = dir.subdir("state")?;
@@ -241,19 +247,7 @@ fn one_worker_per_spool_that_exits_when_idle() -> Result<()> {
     let names = factory.make_segments(5)?;
     let cli = Cli::new(&dir)?.env("WAL_ARCHIVE_TOKEN", &secret);
     let url = server.url();
-    for name in &names {
-        let path = factory.path(name);
-        cli.run_ok([
-            "--url",
-            &url,
-            "--look-ahead",
-            "0",
-            "push",
-            "--cluster",
-            "main",
-            path.to_str().context("path")?,
-        ])?;
-    }
+    archive_all(&cli, &url, &factory, &names)?;
 
     let pg_wal = dir.subdir("restore-pg_wal")?;
     let state = dir.subdir("state")?;
@@ -396,13 +390,7 @@ fn recovery_across_a_promotion_with_prefetch() -> Result<()> {
     empty_pg_wal(&backup)?;
     let standby = Pg::from_basebackup(&primary, &dir, "standby", BaseBackupOptions::standby())?;
     standby.start()?;
-    wait_until(DEADLINE, "the standby streams", || {
-        Ok(
-            standby.psql("select count(*) from pg_stat_wal_receiver where status = 'streaming'")?
-                == "1",
-        )
-    })
-    .with_context(|| standby.log_tail())?;
+    standby.wait_streaming(DEADLINE)?;
 
     // Timeline 1: enough segments for the spool to matter.
     let mut next = 1001;

@@ -344,13 +344,7 @@ fn primary_and_standby(dir: &TestDir) -> Result<(Pg, Pg)> {
     let standby = Pg::from_basebackup(&primary, dir, "standby", BaseBackupOptions::standby())?;
     standby.set("hot_standby", "on")?;
     standby.start()?;
-    wait_until(DEADLINE, "the standby streams", || {
-        Ok(
-            standby.psql("select count(*) from pg_stat_wal_receiver where status = 'streaming'")?
-                == "1",
-        )
-    })
-    .with_context(|| standby.log_tail())?;
+    standby.wait_streaming(DEADLINE)?;
     Ok((primary, standby))
 }
 
