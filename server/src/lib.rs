@@ -12,7 +12,7 @@ pub mod backup;
 pub mod catalog;
 pub mod clock;
 pub mod config;
-pub mod durability;
+
 pub mod metrics;
 pub mod object_format;
 pub mod pgcheck;
@@ -40,7 +40,7 @@ pub async fn open(
     config: &Config,
     blobs: Option<Arc<dyn BlobStore>>,
 ) -> anyhow::Result<(Archive, std::fs::File)> {
-    durability::create_dir_all_durable(&config.data_dir).with_context(|| {
+    storage::durability::create_dir_all_durable(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {} (set --data-dir or data_dir to a writable place)",
             config.data_dir.display()

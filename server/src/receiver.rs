@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::archive::{Archive, ArchiveError, Upload};
 use crate::catalog::now_rfc3339;
 use crate::config::{ClusterConfig, DEFAULT_APPLICATION_NAME, DEFAULT_SLOT};
-use crate::durability;
+use crate::storage::durability;
 
 /// How long to wait for a message before sending a status update anyway. PostgreSQL's
 /// `wal_sender_timeout` (60 s by default) ends a connection that stays silent longer.

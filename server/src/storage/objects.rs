@@ -1,14 +1,4 @@
-//! Storage of objects behind one narrow trait, [`BlobStore`].
-//!
-//! The server only ever needs: create an object that must not exist yet (streamed, in bounded
-//! memory), read it back (streamed or by range), list, and delete. [`ObjectStoreBlobs`] provides
-//! that over `object_store` (local files today, S3 through the same crate); [`FaultyBlobs`] wraps
-//! any store and injects failures for tests.
-//!
-//! ## Durability (DESIGN §7.1)
-//! See [`crate::durability`] for which fsyncs happen on the local backend and why. The rule the
-//! rest of the server relies on: [`BlobUpload::commit`] returns `Created` only once the object is
-//! on stable storage under its final key, and never replaces an existing object.
+//! [`ObjectStoreBlobs`]: the [`BlobStore`] over an `object_store` backend (local files).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,104 +6,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-/// Prefix of in-flight uploads; anything under it at start is debris of a crash.
-pub const STAGING_PREFIX: &str = "staging";
-/// Part size for streamed uploads: memory per upload is bounded by this (S3's minimum is 5 MiB).
-pub const PART_SIZE: usize = 5 * 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("object {0} not found")]
-    NotFound(String),
-    #[error("storage is out of space: {0}")]
-    OutOfSpace(String),
-    /// May succeed on retry (I/O error, network).
-    #[error("storage error: {0}")]
-    Io(String),
-}
-
-impl StorageError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StorageError::Io(_))
-    }
-
-    fn from_object_store(err: object_store::Error) -> StorageError {
-        if let object_store::Error::NotFound { path, .. } = &err {
-            return StorageError::NotFound(path.clone());
-        }
-        if is_out_of_space(&err) {
-            return StorageError::OutOfSpace(err.to_string());
-        }
-        StorageError::Io(err.to_string())
-    }
-}
-
-/// True when an ENOSPC/EDQUOT is anywhere in the error's source chain.
-fn is_out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::StorageFull
-                || io.kind() == std::io::ErrorKind::QuotaExceeded
-                || io.raw_os_error() == Some(libc::ENOSPC)
-                || io.raw_os_error() == Some(libc::EDQUOT)
-            {
-                return true;
-            }
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// Outcome of publishing an object that must not already exist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PutOutcome {
-    Created,
-    AlreadyExists,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlobMeta {
-    pub key: String,
-    pub size: u64,
-}
-
-pub type BlobStream = BoxStream<'static, Result<Bytes, StorageError>>;
-
-/// The narrow storage interface the server is written against.
-pub trait BlobStore: Send + Sync + 'static {
-    /// Starts a streamed upload that will be published under `key` only if `key` is still free.
-    fn begin_put<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn BlobUpload>, StorageError>>;
-    /// Streams the whole object.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>>;
-    fn get_range<'a>(
-        &'a self,
-        key: &'a str,
-        range: Range<u64>,
-    ) -> BoxFuture<'a, Result<Bytes, StorageError>>;
-    /// Size of the object, or `None` when absent.
-    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>>;
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
-    /// Removes the debris of uploads interrupted by a crash; returns how many were removed.
-    fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
-}
-
-/// An upload in progress: bytes are written in order, then committed or aborted.
-pub trait BlobUpload: Send {
-    fn write(&mut self, data: &[u8]) -> BoxFuture<'_, Result<(), StorageError>>;
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<PutOutcome, StorageError>>;
-    fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
-}
+use super::{
+    BlobMeta, BlobStore, BlobStream, BlobUpload, PutOutcome, StorageError, PART_SIZE,
+    STAGING_PREFIX,
+};
 
 /// [`BlobStore`] over any `object_store` backend.
 pub struct ObjectStoreBlobs {
@@ -124,9 +24,9 @@ pub struct ObjectStoreBlobs {
 
 impl ObjectStoreBlobs {
     /// Local files under `root`, created if missing, with every write made durable
-    /// (see [`crate::durability::local_object_store`]).
+    /// (see [`crate::storage::durability::local_object_store`]).
     pub fn local(root: &std::path::Path) -> Result<Self, StorageError> {
-        let store = crate::durability::local_object_store(root).map_err(|e| {
+        let store = crate::storage::durability::local_object_store(root).map_err(|e| {
             StorageError::Io(format!("cannot open storage at {}: {e}", root.display()))
         })?;
         Ok(ObjectStoreBlobs {
@@ -250,7 +150,7 @@ impl BlobStore for ObjectStoreBlobs {
             if let Some(root) = &self.local_root {
                 let root = root.clone();
                 removed += tokio::task::spawn_blocking(move || {
-                    crate::durability::remove_local_upload_debris(&root)
+                    crate::storage::durability::remove_local_upload_debris(&root)
                 })
                 .await
                 .map_err(|e| StorageError::Io(e.to_string()))?
@@ -388,96 +288,10 @@ impl BlobUpload for ObjectStoreUpload {
     }
 }
 
-/// Failures a [`FaultyBlobs`] injects.
-#[derive(Debug, Default)]
-pub struct FaultPlan {
-    /// Every commit fails with out-of-space.
-    pub out_of_space: std::sync::atomic::AtomicBool,
-    /// Every commit fails with an I/O error.
-    pub io_error: std::sync::atomic::AtomicBool,
-}
-
-/// Wraps a store and injects the failures of its [`FaultPlan`] (tests only, but compiled always so
-/// that end-to-end tests can reach it through configuration if needed).
-pub struct FaultyBlobs<S> {
-    pub inner: S,
-    pub plan: Arc<FaultPlan>,
-}
-
-impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
-    fn begin_put<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn BlobUpload>, StorageError>> {
-        Box::pin(async move {
-            let inner = self.inner.begin_put(key).await?;
-            Ok(Box::new(FaultyUpload {
-                inner,
-                plan: self.plan.clone(),
-            }) as Box<dyn BlobUpload>)
-        })
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>> {
-        self.inner.get(key)
-    }
-    fn get_range<'a>(
-        &'a self,
-        key: &'a str,
-        range: Range<u64>,
-    ) -> BoxFuture<'a, Result<Bytes, StorageError>> {
-        self.inner.get_range(key, range)
-    }
-    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        self.inner.head(key)
-    }
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>> {
-        self.inner.list(prefix)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.inner.delete(key)
-    }
-    fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
-        self.inner.sweep_incomplete()
-    }
-}
-
-struct FaultyUpload {
-    inner: Box<dyn BlobUpload>,
-    plan: Arc<FaultPlan>,
-}
-
-impl BlobUpload for FaultyUpload {
-    fn write(&mut self, data: &[u8]) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.write(data)
-    }
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<PutOutcome, StorageError>> {
-        Box::pin(async move {
-            let injected = if self.plan.out_of_space.load(Ordering::SeqCst) {
-                Some(StorageError::OutOfSpace(
-                    "injected: no space left on device".into(),
-                ))
-            } else if self.plan.io_error.load(Ordering::SeqCst) {
-                Some(StorageError::Io("injected I/O error".into()))
-            } else {
-                None
-            };
-            match injected {
-                Some(err) => {
-                    self.inner.abort().await;
-                    Err(err)
-                }
-                None => self.inner.commit().await,
-            }
-        })
-    }
-    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
-        self.inner.abort()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_objects_read_back_whole_in_large_chunks() {

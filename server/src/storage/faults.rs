@@ -1,0 +1,99 @@
+//! A [`BlobStore`] wrapper that injects failures, for tests: out-of-space and I/O errors at
+//! commit. Compiled always, so that end-to-end tests can reach it too.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::{BlobMeta, BlobStore, BlobStream, BlobUpload, PutOutcome, StorageError};
+
+/// Failures a [`FaultyBlobs`] injects.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    /// Every commit fails with out-of-space.
+    pub out_of_space: std::sync::atomic::AtomicBool,
+    /// Every commit fails with an I/O error.
+    pub io_error: std::sync::atomic::AtomicBool,
+}
+
+/// Wraps a store and injects the failures of its [`FaultPlan`] (tests only, but compiled always so
+/// that end-to-end tests can reach it through configuration if needed).
+pub struct FaultyBlobs<S> {
+    pub inner: S,
+    pub plan: Arc<FaultPlan>,
+}
+
+impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
+    fn begin_put<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn BlobUpload>, StorageError>> {
+        Box::pin(async move {
+            let inner = self.inner.begin_put(key).await?;
+            Ok(Box::new(FaultyUpload {
+                inner,
+                plan: self.plan.clone(),
+            }) as Box<dyn BlobUpload>)
+        })
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>> {
+        self.inner.get(key)
+    }
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, StorageError>> {
+        self.inner.get_range(key, range)
+    }
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
+        self.inner.head(key)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>> {
+        self.inner.list(prefix)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.inner.delete(key)
+    }
+    fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        self.inner.sweep_incomplete()
+    }
+}
+
+struct FaultyUpload {
+    inner: Box<dyn BlobUpload>,
+    plan: Arc<FaultPlan>,
+}
+
+impl BlobUpload for FaultyUpload {
+    fn write(&mut self, data: &[u8]) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.write(data)
+    }
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<PutOutcome, StorageError>> {
+        Box::pin(async move {
+            let injected = if self.plan.out_of_space.load(Ordering::SeqCst) {
+                Some(StorageError::OutOfSpace(
+                    "injected: no space left on device".into(),
+                ))
+            } else if self.plan.io_error.load(Ordering::SeqCst) {
+                Some(StorageError::Io("injected I/O error".into()))
+            } else {
+                None
+            };
+            match injected {
+                Some(err) => {
+                    self.inner.abort().await;
+                    Err(err)
+                }
+                None => self.inner.commit().await,
+            }
+        })
+    }
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.inner.abort()
+    }
+}
