@@ -1,5 +1,5 @@
 //! The WAL archive: accepting a file (validate, hash, compress, store durably, index) and serving
-//! it back (verify, then stream). HTTP-agnostic; [`crate::api`] maps its errors to statuses.
+//! it back (verify, then stream). HTTP-agnostic; [`crate::http`] maps its errors to statuses.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,17 +1,14 @@
 //! The wal-archive server: HTTP API over a checksummed, durable WAL store with a SQLite catalog.
 //!
 //! Start at [`run`]: it takes the data directory's lock, opens storage and the catalog,
-//! reconciles them, then serves [`api::router`] until SIGTERM/SIGINT.
+//! reconciles them, then serves [`http::router`] until SIGTERM/SIGINT.
 
-pub mod api;
-pub mod api_backup;
-pub mod api_ops;
 pub mod archive;
-pub mod auth;
 pub mod backup;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod http;
 
 pub mod metrics;
 pub mod object_format;
@@ -20,18 +17,18 @@ pub mod receiver;
 pub mod reconcile;
 pub mod retention;
 pub mod scheduler;
+pub mod state;
 pub mod storage;
-pub mod tls;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::api::AppState;
 use crate::archive::Archive;
-use crate::auth::Authorizer;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::http::auth::Authorizer;
+use crate::state::AppState;
 use crate::storage::{BlobStore, ObjectStoreBlobs};
 
 /// Opens everything under `config.data_dir`, holding its lock for as long as the returned
@@ -125,14 +122,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (receivers, receiver_tasks) = start_receivers(&config, &archive, &stop_rx);
     let state = Arc::new(AppState {
         archive,
-        auth: Authorizer::new(&config.tokens),
         config: config.clone(),
         receivers,
         backups: Default::default(),
     });
     let scheduler_tasks = scheduler::start(state.clone(), &stop_rx);
+    let auth = Authorizer::new(&config.tokens);
     let tls = match &config.tls {
-        Some(t) => Some(tls::server_config(t)?),
+        Some(t) => Some(http::tls::server_config(t)?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -141,13 +138,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
-        auth = if state.auth.is_open() { "open (loopback only)" } else { "tokens" },
+        auth = if auth.is_open() { "open (loopback only)" } else { "tokens" },
         scheme = if tls.is_some() { "https" } else { "http" },
         "wal-archive-server ready"
     );
-    let app = api::router(state);
+    let app = http::router(state, auth);
     match tls {
-        Some(tls) => axum::serve(tls::TlsListener::new(listener, tls)?, app)
+        Some(tls) => axum::serve(http::tls::TlsListener::new(listener, tls)?, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving HTTPS")?,

@@ -11,8 +11,8 @@ use pgwal::api::CheckItem;
 use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 
-use crate::api::AppState;
 use crate::config::ClusterConfig;
+use crate::state::AppState;
 
 /// Every PostgreSQL check together gets at most this long.
 const PG_CHECK_TIMEOUT: Duration = Duration::from_secs(20);

@@ -18,9 +18,9 @@ use chrono::{DateTime, Utc};
 use pgwal::api::{BackupRequest, JobRun};
 use rusqlite::{params, OptionalExtension};
 
-use crate::api::AppState;
 use crate::backup::{self, BackupError};
 use crate::catalog::{Catalog, CatalogError};
+use crate::state::AppState;
 
 /// A crontab: 5 fields (minute precision) or 6/7 with a leading seconds field.
 pub fn parse_schedule(spec: &str) -> Result<cron::Schedule, String> {

@@ -23,10 +23,10 @@ use pgwal::api::{ErrorBody, WalListing};
 use pgwal::synth::SyntheticSegment;
 use pgwal::SegmentSize;
 use tower::ServiceExt;
-use wal_archive_server::api::{router, AppState};
-use wal_archive_server::auth::Authorizer;
 use wal_archive_server::config::{Config, Overrides};
+use wal_archive_server::http::auth::Authorizer;
 use wal_archive_server::storage::{BlobStore, FaultPlan, FaultyBlobs, ObjectStoreBlobs};
+use wal_archive_server::{http::router, state::AppState};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -55,7 +55,6 @@ async fn env_in(dir: tempfile::TempDir) -> Env {
         .expect("open");
     let state = Arc::new(AppState {
         archive,
-        auth: Authorizer::new(&[]),
         config: Arc::new(config.clone()),
         receivers: Default::default(),
         backups: Default::default(),
@@ -95,7 +94,7 @@ impl Reply {
 }
 
 async fn call(env: &Env, req: Request<Body>) -> Reply {
-    let resp = router(env.state.clone())
+    let resp = router(env.state.clone(), Authorizer::new(&[]))
         .oneshot(req)
         .await
         .expect("response");

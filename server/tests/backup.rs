@@ -23,9 +23,9 @@ use http_body_util::BodyExt;
 use pgwal::api::{BackupFiles, BackupInfo, ErrorBody, VerifyReport};
 use tower::ServiceExt;
 use wal_archive_e2e::{toml_string, Pg, PgOptions, TestDir};
-use wal_archive_server::api::{router, AppState};
-use wal_archive_server::auth::Authorizer;
 use wal_archive_server::config::{Config, Overrides};
+use wal_archive_server::http::auth::Authorizer;
+use wal_archive_server::{http::router, state::AppState};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -69,7 +69,6 @@ async fn server(data_dir: &Path, pg: &Pg, streaming: bool, extra: &str) -> Resul
     let (receivers, _tasks) = wal_archive_server::start_receivers(&config, &archive, &stop_rx);
     let state = Arc::new(AppState {
         archive,
-        auth: Authorizer::new(&[]),
         config: Arc::new(config.clone()),
         receivers,
         backups: Default::default(),
@@ -129,7 +128,9 @@ async fn call(env: &Env, method: &str, path: &str, body: &str) -> Result<Reply> 
         .uri(path)
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))?;
-    let resp = router(env.state.clone()).oneshot(req).await?;
+    let resp = router(env.state.clone(), Authorizer::new(&[]))
+        .oneshot(req)
+        .await?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes().to_vec();

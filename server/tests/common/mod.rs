@@ -13,9 +13,9 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use wal_archive_e2e::{toml_string, Pg};
-use wal_archive_server::api::{router, AppState};
-use wal_archive_server::auth::Authorizer;
 use wal_archive_server::config::{Config, Overrides};
+use wal_archive_server::http::auth::Authorizer;
+use wal_archive_server::{http::router, state::AppState};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -76,7 +76,6 @@ pub async fn server_with_config(data_dir: &Path, text: &str, streaming: bool) ->
     let (receivers, tasks) = wal_archive_server::start_receivers(&config, &archive, &stop_rx);
     let state = Arc::new(AppState {
         archive,
-        auth: Authorizer::new(&[]),
         config: Arc::new(config.clone()),
         receivers,
         backups: Default::default(),
@@ -133,7 +132,9 @@ pub async fn call_bytes(env: &Env, method: &str, path: &str, body: Vec<u8>) -> R
         req = req.header("content-type", "application/json");
     }
     let req = req.body(Body::from(body))?;
-    let resp = router(env.state.clone()).oneshot(req).await?;
+    let resp = router(env.state.clone(), Authorizer::new(&[]))
+        .oneshot(req)
+        .await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes().to_vec();
     Ok(Reply { status, body })

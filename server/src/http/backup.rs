@@ -5,19 +5,18 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pgwal::api::{BackupFiles, BackupInfo, BackupRequest, ErrorBody, KeepRequest, VerifyReport};
+use pgwal::api::{BackupFiles, BackupInfo, BackupRequest, KeepRequest, VerifyReport};
 
-use crate::api::AppState;
+use super::auth::Operation;
+use super::{authorize, json_or_default, ApiError, HttpState};
 use crate::archive::ArchiveError;
-use crate::auth::{AuthError, Operation};
 use crate::backup::{self, catalog, BackupError};
-use crate::config::validate_cluster_name;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route(
             "/v1/clusters/{cluster}/backups",
@@ -46,122 +45,24 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/clusters/{cluster}/blobs/{sha256}", get(get_blob))
 }
 
-/// An error response: status, stable kind, message for a person.
-pub struct BackupApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl BackupApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        BackupApiError {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for BackupApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(
-                status = self.status.as_u16(),
-                kind = self.kind,
-                "{}",
-                self.message
-            );
-        } else if self.status != StatusCode::NOT_FOUND {
-            tracing::warn!(
-                status = self.status.as_u16(),
-                kind = self.kind,
-                "{}",
-                self.message
-            );
-        }
-        let body = ErrorBody {
-            error: self.kind.to_string(),
-            message: self.message,
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<BackupError> for BackupApiError {
-    fn from(e: BackupError) -> Self {
-        let message = e.to_string();
-        let (status, kind) = match &e {
-            BackupError::NoConninfo(_) => (StatusCode::BAD_REQUEST, "no_conninfo"),
-            BackupError::InProgress(_) => (StatusCode::CONFLICT, "backup_running"),
-            BackupError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown_backup"),
-            BackupError::NotDone(_) => (StatusCode::CONFLICT, "backup_not_done"),
-            BackupError::Kept(_) => (StatusCode::CONFLICT, "kept"),
-            BackupError::MinimumRedundancy(_) => (StatusCode::CONFLICT, "minimum_redundancy"),
-            BackupError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            BackupError::Archive(ArchiveError::Corrupt(_)) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "corrupt")
-            }
-            BackupError::Archive(ArchiveError::MissingObject(_)) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "missing_object")
-            }
-            BackupError::Archive(ArchiveError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
-            BackupError::Archive(_) | BackupError::Storage(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "storage_error")
-            }
-            BackupError::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_error"),
-        };
-        BackupApiError::new(status, kind, message)
-    }
-}
-
-fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    cluster: &str,
-    op: Operation,
-) -> Result<Option<String>, BackupApiError> {
-    validate_cluster_name(cluster)
-        .map_err(|m| BackupApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    state.auth.check(authz, cluster, op).map_err(|e| match e {
-        AuthError::Unauthenticated(m) => {
-            BackupApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
-        }
-        AuthError::Forbidden(m) => BackupApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-    })
-}
-
 async fn start_backup(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Response, BackupApiError> {
+) -> Result<Response, ApiError> {
     let token = authorize(&state, &headers, &cluster, Operation::Admin)?;
-    let req: BackupRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        BackupRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            BackupApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("the body is not a backup request: {e}"),
-            )
-        })?
-    };
+    let req: BackupRequest = json_or_default(&body, "backup request")?;
     let info = backup::start(&state.archive, &state.config, &state.backups, &cluster, req).await?;
     tracing::info!(cluster, backup = %info.id, token = token.as_deref().unwrap_or("-"), "backup requested");
     Ok((StatusCode::ACCEPTED, Json(info)).into_response())
 }
 
 async fn list_backups(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Vec<BackupInfo>>, BackupApiError> {
+) -> Result<Json<Vec<BackupInfo>>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
     let mut rows = catalog::list(&state.archive.catalog, &cluster)
         .await
@@ -177,10 +78,10 @@ async fn list_backups(
 }
 
 async fn show_backup(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<BackupInfo>, BackupApiError> {
+) -> Result<Json<BackupInfo>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
     let row = backup::find(&state.archive, &cluster, &id).await?;
     let mut rows = catalog::list(&state.archive.catalog, &cluster)
@@ -202,10 +103,10 @@ async fn show_backup(
 }
 
 async fn delete_backup(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<BackupInfo>, BackupApiError> {
+) -> Result<Json<BackupInfo>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Admin)?;
     Ok(Json(
         backup::delete(&state.archive, &state.config, &state.backups, &cluster, &id).await?,
@@ -213,11 +114,11 @@ async fn delete_backup(
 }
 
 async fn keep_backup(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
     Json(req): Json<KeepRequest>,
-) -> Result<Json<BackupInfo>, BackupApiError> {
+) -> Result<Json<BackupInfo>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Admin)?;
     Ok(Json(
         backup::set_keep(&state.archive, &state.backups, &cluster, &id, req.keep).await?,
@@ -225,10 +126,10 @@ async fn keep_backup(
 }
 
 async fn backup_files(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<BackupFiles>, BackupApiError> {
+) -> Result<Json<BackupFiles>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Fetch)?;
     let row = backup::find(&state.archive, &cluster, &id).await?;
     if row.info.status != "done" {
@@ -248,10 +149,10 @@ async fn backup_files(
 }
 
 async fn backup_manifest(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Response, BackupApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Fetch)?;
     let row = backup::find(&state.archive, &cluster, &id).await?;
     let (Some(key), Some(sha), Some(size)) =
@@ -267,17 +168,17 @@ async fn backup_manifest(
 }
 
 async fn get_blob(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, sha)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Response, BackupApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Fetch)?;
     if sha.len() != 64
         || !sha
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
-        return Err(BackupApiError::new(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_name",
             format!("{sha:?} is not a lowercase hex SHA-256"),
@@ -287,7 +188,7 @@ async fn get_blob(
         .await
         .map_err(BackupError::from)?
         .ok_or_else(|| {
-            BackupApiError::new(
+            ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no backup of cluster {cluster:?} holds content {sha}"),
@@ -297,10 +198,10 @@ async fn get_blob(
 }
 
 async fn verify_backup(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<VerifyReport>, BackupApiError> {
+) -> Result<Json<VerifyReport>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
     let row = backup::find(&state.archive, &cluster, &id).await?;
     let report = backup::verify::verify(&state.archive, &row).await?;
@@ -315,12 +216,12 @@ async fn verify_backup(
 /// Re-verifies the object end to end, then streams it (zstd as stored when the client accepts
 /// it, else decompressed).
 async fn serve_verified(
-    state: &AppState,
+    state: &HttpState,
     key: &str,
     sha: &str,
     size: u64,
     headers: &HeaderMap,
-) -> Result<Response, BackupApiError> {
+) -> Result<Response, ApiError> {
     let (got, got_size) = state
         .archive
         .hash_object(key)
@@ -346,9 +247,9 @@ async fn serve_verified(
         .await
         .map_err(BackupError::from)?
         .unwrap_or(0);
-    crate::api::object_response(
+    super::wal::object_response(
         stream,
-        crate::api::accepts_zstd(headers),
+        super::wal::accepts_zstd(headers),
         stored,
         size,
         sha,

@@ -1,6 +1,5 @@
-//! HTTP API v1 (DESIGN §6). Handlers check names and authorisation before anything touches
-//! storage, call [`crate::archive`], and map its errors to statuses. Errors are logged here, where
-//! they are handled, with the token name (never the secret).
+//! Routes of WAL files (`PUT`/`GET`/`HEAD` of one file, the listing), of the streaming
+//! receiver's state and of `check`.
 
 use std::sync::Arc;
 
@@ -12,30 +11,18 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
 use pgwal::api::{
-    ErrorBody, PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
+    PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
     CONTENT_XXH3_HEADER,
 };
 use pgwal::name::WalFileName;
 
-use crate::archive::{Archive, ArchiveError, Stored, Upload};
-use crate::auth::{AuthError, Authorizer, Operation};
-use crate::config::{validate_cluster_name, Config};
+use super::auth::Operation;
+use super::{authorize, ApiError, HttpState};
+use crate::archive::{ArchiveError, Stored, Upload};
 use crate::object_format::Decompressor;
 
-pub struct AppState {
-    pub archive: Archive,
-    pub auth: Authorizer,
-    pub config: Arc<Config>,
-    /// Streaming receivers by cluster.
-    pub receivers: std::collections::HashMap<String, crate::receiver::SharedStatus>,
-    /// Backups in progress and the per-cluster blob lock.
-    pub backups: crate::backup::Backups,
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
         .route("/v1/clusters/{cluster}/receiver", get(receiver_status))
         .route("/v1/clusters/{cluster}/check", get(check))
@@ -43,179 +30,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/clusters/{cluster}/wal/{name}",
             get(get_wal).put(put_wal).head(head_wal),
         )
-        .merge(crate::api_backup::routes())
-        .merge(crate::api_ops::routes())
-        .with_state(state)
-}
-
-/// An error response: status, stable kind, message for a person.
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.kind.to_string(),
-            message: self.message,
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unauthenticated(m) => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
-            }
-            AuthError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-        }
-    }
-}
-
-impl From<ArchiveError> for ApiError {
-    fn from(e: ArchiveError) -> Self {
-        let message = e.to_string();
-        match e {
-            ArchiveError::BadName(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_name", message),
-            ArchiveError::Invalid { kind, .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
-            }
-            ArchiveError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            ArchiveError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
-            ArchiveError::OutOfSpace(_) => {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "out_of_space", message)
-            }
-            ArchiveError::Corrupt(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message)
-            }
-            ArchiveError::MissingObject(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "missing_object", message)
-            }
-            ArchiveError::Body(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message),
-            ArchiveError::Storage(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", message)
-            }
-            ArchiveError::Catalog(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catalog_error", message)
-            }
-        }
-    }
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-/// Prometheus text format. Open like `/healthz`: it names clusters and WAL files, never data.
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let Some(handle) = crate::metrics::handle() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics_unavailable",
-            "another metrics recorder is installed in this process",
-        ));
-    };
-    let stats = state
-        .archive
-        .catalog
-        .wal_stats()
-        .await
-        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?;
-    let mut clusters: std::collections::BTreeSet<String> =
-        stats.iter().map(|s| s.cluster.clone()).collect();
-    clusters.extend(state.receivers.keys().cloned());
-    for cluster in &clusters {
-        let s = stats.iter().find(|s| &s.cluster == cluster);
-        let receiver = state
-            .receivers
-            .get(cluster)
-            .and_then(|r| r.lock().ok().map(|r| r.clone()));
-        let last_at = s
-            .and_then(|s| s.last_archived_at.as_deref())
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs_f64());
-        crate::metrics::set_cluster_gauges(&crate::metrics::ClusterGauges {
-            cluster,
-            wal_files: s.map_or(0, |s| s.files),
-            wal_bytes: s.map_or(0, |s| s.bytes),
-            stored_bytes: s.map_or(0, |s| s.stored_bytes),
-            last_archived: s.and_then(|s| s.last_segment.as_deref()).zip(last_at),
-            receiver_lag_bytes: receiver.as_ref().and_then(|r| r.lag_bytes),
-            receiver_streaming: receiver.as_ref().map(|r| r.state == "streaming"),
-        });
-        set_backup_gauges(&state, cluster).await;
-    }
-    let mut r = handle.render().into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    Ok(r)
-}
-
-/// Backup gauges of one cluster (counts per status, the newest done backup's age and sizes).
-async fn set_backup_gauges(state: &AppState, cluster: &str) {
-    let Ok(rows) = crate::backup::catalog::list(&state.archive.catalog, cluster).await else {
-        return;
-    };
-    if rows.is_empty() {
-        return;
-    }
-    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
-    for r in &rows {
-        *by_status.entry(r.info.status.clone()).or_default() += 1;
-    }
-    let by_status: Vec<(String, u64)> = by_status.into_iter().collect();
-    let newest = rows.iter().find(|r| r.info.status == "done");
-    let age = newest
-        .and_then(|r| r.info.end_time.as_deref())
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .and_then(|t| state.backups.now().duration_since(t).ok())
-        .map(|d| d.as_secs_f64());
-    crate::metrics::set_backup_gauges(&crate::metrics::BackupGauges {
-        cluster,
-        by_status: &by_status,
-        newest_done_age_seconds: age,
-        newest_done_sizes: newest.map(|r| (r.info.size_bytes, r.info.stored_bytes)),
-    });
-}
-
-fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    cluster: &str,
-    op: Operation,
-) -> Result<Option<String>, ApiError> {
-    validate_cluster_name(cluster)
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    state.auth.check(authz, cluster, op).map_err(|e| {
-        let e = ApiError::from(e);
-        tracing::warn!(
-            cluster,
-            status = e.status.as_u16(),
-            "refused: {}",
-            e.message
-        );
-        e
-    })
 }
 
 fn parse_name(name: &str) -> Result<WalFileName, ApiError> {
@@ -254,7 +68,7 @@ fn log_failure(cluster: &str, name: &str, op: &str, e: &ApiError) {
 }
 
 async fn put_wal(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -287,7 +101,7 @@ async fn put_wal(
 }
 
 async fn put_wal_inner(
-    state: &AppState,
+    state: &HttpState,
     cluster: &str,
     name: &str,
     headers: &HeaderMap,
@@ -398,7 +212,7 @@ struct GetQuery {
 }
 
 async fn get_wal(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, name)): Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<GetQuery>,
     headers: HeaderMap,
@@ -439,7 +253,7 @@ async fn get_wal(
 }
 
 async fn get_wal_inner(
-    state: &AppState,
+    state: &HttpState,
     cluster: &str,
     name: &str,
     headers: &HeaderMap,
@@ -467,7 +281,7 @@ async fn get_wal_inner(
 /// The response for a stored object already verified by the caller: the zstd object as stored
 /// when the client accepts zstd (`stored_size` bytes), else decompressed on the fly (`size`
 /// bytes), with the checksum headers (`xxh3` when recorded).
-pub(crate) fn object_response(
+pub fn object_response(
     stream: crate::storage::BlobStream,
     zstd: bool,
     stored_size: u64,
@@ -517,7 +331,7 @@ fn set_file_headers(h: &mut HeaderMap, sha256: &str, xxh3: Option<&str>, size: u
 }
 
 async fn head_wal(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path((cluster, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -528,7 +342,7 @@ async fn head_wal(
         .catalog
         .wal(&cluster, &wal_name.to_string())
         .await
-        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?;
+        .map_err(ApiError::from)?;
     match row {
         Some(row) if row.state == "ok" => {
             let mut r = StatusCode::OK.into_response();
@@ -543,7 +357,7 @@ async fn head_wal(
 }
 
 async fn list_wal(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<WalListing>, ApiError> {
@@ -552,7 +366,7 @@ async fn list_wal(
     let row = catalog
         .cluster(&cluster)
         .await
-        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -560,10 +374,7 @@ async fn list_wal(
                 format!("cluster {cluster:?} has no WAL in this archive yet"),
             )
         })?;
-    let rows = catalog
-        .list_wal(&cluster)
-        .await
-        .map_err(|e| ApiError::from(ArchiveError::Catalog(e)))?;
+    let rows = catalog.list_wal(&cluster).await.map_err(ApiError::from)?;
     let mut files = Vec::new();
     let mut missing = Vec::new();
     for r in rows {
@@ -593,7 +404,7 @@ async fn list_wal(
 /// segment size. Hashed in a first pass, streamed in a second (the file only grows meanwhile,
 /// and only the durable prefix is read).
 async fn serve_in_progress(
-    state: &AppState,
+    state: &HttpState,
     cluster: &str,
     name: &str,
 ) -> Option<Result<Response, ApiError>> {
@@ -681,7 +492,7 @@ async fn serve_in_progress(
 }
 
 async fn receiver_status(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<pgwal::api::ReceiverStatus>, ApiError> {
@@ -689,7 +500,7 @@ async fn receiver_status(
     Ok(Json(current_receiver(&state, &cluster)))
 }
 
-fn current_receiver(state: &AppState, cluster: &str) -> pgwal::api::ReceiverStatus {
+fn current_receiver(state: &HttpState, cluster: &str) -> pgwal::api::ReceiverStatus {
     match state
         .receivers
         .get(cluster)
@@ -704,7 +515,7 @@ fn current_receiver(state: &AppState, cluster: &str) -> pgwal::api::ReceiverStat
 }
 
 async fn check(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<pgwal::api::CheckReport>, ApiError> {

@@ -1,0 +1,240 @@
+//! The HTTP layer (DESIGN §6): the router, one error type for every route, authorisation, and
+//! the routes by topic. Handlers check names and authorisation before anything touches storage,
+//! call the domain (archive, backups, retention, checks), and map its errors to statuses. Errors
+//! are logged where they are handled: here, with the token name (never the secret).
+//!
+//! - `wal.rs`: WAL files (PUT/GET/HEAD, listing), the receiver's state and `check`;
+//! - `backup.rs`: base backups, their files, manifests and blobs;
+//! - `ops.rs`: retention, jobs, switch-wal;
+//! - `metrics.rs`: `/healthz` and Prometheus `/metrics`;
+//! - `auth.rs`: tokens and roles; `tls.rs`: HTTPS.
+
+pub mod auth;
+mod backup;
+mod metrics;
+mod ops;
+pub mod tls;
+mod wal;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use pgwal::api::ErrorBody;
+
+use crate::archive::ArchiveError;
+use crate::backup::BackupError;
+use crate::catalog::CatalogError;
+use crate::config::validate_cluster_name;
+use crate::pgcheck::SwitchError;
+use crate::state::AppState;
+use auth::{AuthError, Operation};
+
+pub use wal::object_response;
+
+/// What every handler receives: the server's state and who may do what.
+pub struct HttpState {
+    pub app: Arc<AppState>,
+    pub auth: auth::Authorizer,
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
+
+pub fn router(app: Arc<AppState>, auth: auth::Authorizer) -> Router {
+    Router::new()
+        .merge(metrics::routes())
+        .merge(wal::routes())
+        .merge(backup::routes())
+        .merge(ops::routes())
+        .with_state(Arc::new(HttpState { app, auth }))
+}
+
+/// An error response: status, stable kind, message for a person.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    /// Already logged by the handler, with more context than this type has.
+    logged: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            logged: false,
+        }
+    }
+
+    fn logged(mut self) -> Self {
+        self.logged = true;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if !self.logged {
+            if self.status.is_server_error() {
+                tracing::error!(
+                    status = self.status.as_u16(),
+                    kind = self.kind,
+                    "{}",
+                    self.message
+                );
+            } else if self.status != StatusCode::NOT_FOUND {
+                tracing::warn!(
+                    status = self.status.as_u16(),
+                    kind = self.kind,
+                    "{}",
+                    self.message
+                );
+            }
+        }
+        let body = ErrorBody {
+            error: self.kind.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+            }
+            AuthError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+        }
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        let message = e.to_string();
+        match e {
+            ArchiveError::BadName(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_name", message),
+            ArchiveError::Invalid { kind, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
+            }
+            ArchiveError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ArchiveError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            ArchiveError::OutOfSpace(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "out_of_space", message)
+            }
+            ArchiveError::Corrupt(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message)
+            }
+            ArchiveError::MissingObject(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "missing_object", message)
+            }
+            ArchiveError::Body(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message),
+            ArchiveError::Storage(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", message)
+            }
+            ArchiveError::Catalog(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catalog_error", message)
+            }
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        ApiError::from(ArchiveError::Catalog(e))
+    }
+}
+
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> Self {
+        let message = e.to_string();
+        let (status, kind) = match &e {
+            BackupError::NoConninfo(_) => (StatusCode::BAD_REQUEST, "no_conninfo"),
+            BackupError::InProgress(_) => (StatusCode::CONFLICT, "backup_running"),
+            BackupError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown_backup"),
+            BackupError::NotDone(_) => (StatusCode::CONFLICT, "backup_not_done"),
+            BackupError::Kept(_) => (StatusCode::CONFLICT, "kept"),
+            BackupError::MinimumRedundancy(_) => (StatusCode::CONFLICT, "minimum_redundancy"),
+            BackupError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            BackupError::Archive(ArchiveError::Corrupt(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "corrupt")
+            }
+            BackupError::Archive(ArchiveError::MissingObject(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "missing_object")
+            }
+            BackupError::Archive(ArchiveError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            BackupError::Archive(_) | BackupError::Storage(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_error")
+            }
+            BackupError::Catalog(_) => (StatusCode::SERVICE_UNAVAILABLE, "catalog_error"),
+        };
+        ApiError::new(status, kind, message)
+    }
+}
+
+impl From<SwitchError> for ApiError {
+    fn from(e: SwitchError) -> Self {
+        match e {
+            SwitchError::NoConninfo(m) => ApiError::new(StatusCode::BAD_REQUEST, "no_conninfo", m),
+            SwitchError::Postgres { message, hint } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "postgres_error",
+                format!("{message} (hint: {hint})"),
+            ),
+            SwitchError::Timeout(m) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_archived", m)
+            }
+        }
+    }
+}
+
+/// Checks the cluster name and that the request's token may do `op` on it; returns the token's
+/// name (`None` in open mode). Refusals are logged here.
+fn authorize(
+    state: &HttpState,
+    headers: &HeaderMap,
+    cluster: &str,
+    op: Operation,
+) -> Result<Option<String>, ApiError> {
+    validate_cluster_name(cluster)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cluster", m))?;
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth.check(authz, cluster, op).map_err(|e| {
+        let e = ApiError::from(e);
+        tracing::warn!(
+            cluster,
+            status = e.status.as_u16(),
+            "refused: {}",
+            e.message
+        );
+        e.logged()
+    })
+}
+
+/// A JSON request body, or the default when the body is empty.
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body is not a {what}: {e}"),
+        )
+    })
+}

@@ -1,0 +1,18 @@
+//! The server's shared state: what the HTTP routes, the scheduler and the checks receive. It
+//! holds the domain (archive, backups, receivers) and the configuration, and nothing of HTTP, so
+//! that the domain modules never import the HTTP layer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::archive::Archive;
+use crate::config::Config;
+
+pub struct AppState {
+    pub archive: Archive,
+    pub config: Arc<Config>,
+    /// Streaming receivers by cluster.
+    pub receivers: HashMap<String, crate::receiver::SharedStatus>,
+    /// Backups in progress and the per-cluster blob lock.
+    pub backups: crate::backup::Backups,
+}
