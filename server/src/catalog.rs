@@ -1,7 +1,7 @@
 //! The SQLite catalog (schema in `migrations/`): an index over storage of clusters and WAL files.
 //!
 //! One connection behind a mutex; every call runs on the blocking pool so the async workers never
-//! wait on SQLite. The catalog is rebuildable from storage (see [`crate::reconcile`]), which is
+//! wait on SQLite. The catalog is rebuildable from storage (see [`crate::wal::reconcile`]), which is
 //! why rows are written only after their object is durable.
 //!
 //! WAL rows are group-committed: [`Catalog::insert_wal`] queues its row, and whichever caller

@@ -267,7 +267,7 @@ impl Config {
                 }
             }
             if let Some(r) = &c.retention {
-                crate::retention::Policy::parse(r).map_err(|e| {
+                crate::jobs::retention::Policy::parse(r).map_err(|e| {
                     ConfigError::Invalid(format!("clusters.{name}.retention = {r:?}: {e}"))
                 })?;
             }
@@ -276,7 +276,7 @@ impl Config {
                 ("retention_schedule", &c.retention_schedule),
             ] {
                 if let Some(spec) = spec {
-                    crate::scheduler::parse_schedule(spec).map_err(|e| {
+                    crate::jobs::scheduler::parse_schedule(spec).map_err(|e| {
                         ConfigError::Invalid(format!("clusters.{name}.{key} = {spec:?}: {e}"))
                     })?;
                 }

@@ -3,33 +3,28 @@
 //! Start at [`run`]: it takes the data directory's lock, opens storage and the catalog,
 //! reconciles them, then serves [`http::router`] until SIGTERM/SIGINT.
 
-pub mod archive;
 pub mod backup;
 pub mod catalog;
-pub mod clock;
 pub mod config;
 pub mod http;
+pub mod jobs;
 
 pub mod metrics;
-pub mod object_format;
-pub mod pgcheck;
-pub mod receiver;
-pub mod reconcile;
-pub mod retention;
-pub mod scheduler;
 pub mod state;
 pub mod storage;
+pub mod streaming;
+pub mod wal;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::archive::Archive;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::http::auth::Authorizer;
 use crate::state::AppState;
 use crate::storage::{BlobStore, ObjectStoreBlobs};
+use crate::wal::archive::Archive;
 
 /// Opens everything under `config.data_dir`, holding its lock for as long as the returned
 /// guard lives, and reconciles storage with the catalog.
@@ -69,13 +64,13 @@ pub async fn open(
     let archive = Archive { catalog, blobs };
     // Before reconciliation: it would re-index the objects of WAL an interrupted retention run
     // planned to remove, or report as missing those it had removed already.
-    retention::resume(&archive)
+    jobs::retention::resume(&archive)
         .await
         .context("finishing an interrupted retention run")?;
-    scheduler::fail_interrupted(&archive.catalog)
+    jobs::scheduler::fail_interrupted(&archive.catalog)
         .await
         .context("closing job runs interrupted by a restart")?;
-    reconcile::reconcile(&archive)
+    wal::reconcile::reconcile(&archive)
         .await
         .context("reconciling storage with the catalog")?;
     backup::startup(&archive)
@@ -91,7 +86,7 @@ pub fn start_receivers(
     archive: &Archive,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> (
-    std::collections::HashMap<String, receiver::SharedStatus>,
+    std::collections::HashMap<String, streaming::receiver::SharedStatus>,
     Vec<tokio::task::JoinHandle<()>>,
 ) {
     let mut statuses = std::collections::HashMap::new();
@@ -100,8 +95,8 @@ pub fn start_receivers(
         if !cluster.streaming {
             continue;
         }
-        let status = receiver::SharedStatus::default();
-        let r = receiver::Receiver {
+        let status = streaming::receiver::SharedStatus::default();
+        let r = streaming::receiver::Receiver {
             cluster: name.clone(),
             config: cluster.clone(),
             archive: archive.clone(),
@@ -126,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         receivers,
         backups: Default::default(),
     });
-    let scheduler_tasks = scheduler::start(state.clone(), &stop_rx);
+    let scheduler_tasks = jobs::scheduler::start(state.clone(), &stop_rx);
     let auth = Authorizer::new(&config.tokens);
     let tls = match &config.tls {
         Some(t) => Some(http::tls::server_config(t)?),

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::archive::Archive;
 use crate::config::Config;
+use crate::wal::archive::Archive;
 
 pub struct AppState {
     pub archive: Archive,
     pub config: Arc<Config>,
     /// Streaming receivers by cluster.
-    pub receivers: HashMap<String, crate::receiver::SharedStatus>,
+    pub receivers: HashMap<String, crate::streaming::receiver::SharedStatus>,
     /// Backups in progress and the per-cluster blob lock.
     pub backups: crate::backup::Backups,
 }

@@ -181,7 +181,7 @@ async fn stores_then_idempotent_then_conflict() {
     let sha = r.headers.get("x-content-sha256").expect("checksum header");
     assert_eq!(
         sha.to_str().expect("ascii"),
-        wal_archive_server::object_format::sha256_hex(&bytes)
+        wal_archive_server::wal::object_format::sha256_hex(&bytes)
     );
     // The XXH3-128 recorded at ingest travels with the file.
     let tag = r.headers.get("x-content-xxh3").expect("xxh3 header");
@@ -402,7 +402,7 @@ async fn client_compressed_upload() {
         .header("content-encoding", "zstd")
         .header(
             "x-content-sha256",
-            wal_archive_server::object_format::sha256_hex(&plain),
+            wal_archive_server::wal::object_format::sha256_hex(&plain),
         )
         .body(Body::from(compressed.clone()))
         .expect("request");

@@ -116,7 +116,7 @@ fn object_path(env: &Env, name: &str) -> Result<PathBuf> {
     let n: WalFileName = name.parse()?;
     Ok(env
         .storage
-        .join(wal_archive_server::archive::object_key("main", &n)))
+        .join(wal_archive_server::wal::archive::object_key("main", &n)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use axum::http::StatusCode;
 use pgwal::api::{BackupInfo, JobRun};
 use wal_archive_e2e::{Pg, PgOptions, TestDir};
-use wal_archive_server::scheduler::{self, JobKind};
+use wal_archive_server::jobs::scheduler::{self, JobKind};
 
 mod common;
 use common::*;

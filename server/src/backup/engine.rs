@@ -19,10 +19,10 @@ use super::catalog::{self, BackupRow, BlobRow};
 use super::store::{self, ContentWriter};
 use super::tar_split::{EntryKind, EntryMeta, TarEvent, TarSplitter};
 use super::Backups;
-use crate::archive::Archive;
 use crate::catalog::{now_rfc3339, Binding};
 use crate::config::{ClusterConfig, DEFAULT_BACKUP_WAL_TIMEOUT};
 use crate::storage::PutOutcome;
+use crate::wal::archive::Archive;
 
 /// How often the WAL wait looks at the catalog.
 const WAL_POLL: Duration = Duration::from_millis(500);
@@ -155,7 +155,8 @@ impl Job {
         })?;
         let system = conn.identify_system().await.map_err(pg)?;
         let size_text = conn.show("wal_segment_size").await.map_err(pg)?;
-        let size = crate::receiver::parse_segment_size(&size_text).map_err(|e| e.to_string())?;
+        let size = crate::streaming::receiver::parse_segment_size(&size_text)
+            .map_err(|e| e.to_string())?;
         let version = conn.parameter("server_version").map(str::to_string);
         let major = version
             .as_deref()

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use pgwal::api::{BackupInfo, BackupRequest};
 
-use crate::archive::{Archive, ArchiveError};
 use crate::catalog::CatalogError;
 use crate::config::Config;
 use crate::storage::StorageError;
+use crate::wal::archive::{Archive, ArchiveError};
 
 /// What went wrong with a backup request. Each variant maps to one API status.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ struct Inner {
     /// One run at a time per (cluster, job kind): scheduled and API-started runs alike.
     job_locks: Mutex<HashMap<(String, String), JobLock>>,
     /// The time retention and the scheduler go by; tests replace it.
-    clock: Mutex<Option<crate::clock::Clock>>,
+    clock: Mutex<Option<crate::jobs::clock::Clock>>,
 }
 
 impl Backups {
@@ -98,7 +98,7 @@ impl Backups {
     }
 
     /// Replaces the clock (tests move time without waiting for it).
-    pub fn set_clock(&self, clock: crate::clock::Clock) {
+    pub fn set_clock(&self, clock: crate::jobs::clock::Clock) {
         *self.inner.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some(clock);
     }
 

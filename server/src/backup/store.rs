@@ -6,14 +6,14 @@
 //! under its final key directly. A larger file spills into an `incoming/` object as it streams;
 //! once hashed it is either dropped (its content is already stored: deduplicated) or copied to
 //! its final key. Memory per file is bounded by `SPILL_BYTES` plus one storage part, whatever
-//! the file's size. Objects have the WAL object format ([`crate::object_format`]): zstd frames
+//! the file's size. Objects have the WAL object format ([`crate::wal::object_format`]): zstd frames
 //! and the checksum trailer.
 
 use futures::StreamExt;
 use pgwal::checksum::Sha256;
 
-use crate::object_format::{Compressor, Trailer};
 use crate::storage::{BlobStore, BlobUpload, PutOutcome, StorageError};
+use crate::wal::object_format::{Compressor, Trailer};
 
 /// Compressed bytes kept in memory before a file spills into an `incoming/` object.
 pub const SPILL_BYTES: usize = 4 << 20;
@@ -203,7 +203,7 @@ mod tests {
     async fn small_and_spilled_files_publish_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blobs = ObjectStoreBlobs::local(dir.path()).expect("store");
-        let archive = crate::archive::Archive {
+        let archive = crate::wal::archive::Archive {
             catalog: crate::catalog::Catalog::open(&dir.path().join("c.db")).expect("catalog"),
             blobs: std::sync::Arc::new(ObjectStoreBlobs::local(dir.path()).expect("store")),
         };

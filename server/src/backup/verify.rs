@@ -14,8 +14,8 @@ use pgwal::SegmentSize;
 use super::catalog::{self, BackupRow};
 use super::engine::wal_range;
 use super::BackupError;
-use crate::archive::{Archive, ArchiveError};
-use crate::object_format::Decompressor;
+use crate::wal::archive::{Archive, ArchiveError};
+use crate::wal::object_format::Decompressor;
 
 /// The manifest's view of one file.
 struct ManifestEntry {

@@ -13,8 +13,8 @@ use pgwal::api::{BackupFiles, BackupInfo, BackupRequest, KeepRequest, VerifyRepo
 
 use super::auth::Operation;
 use super::{authorize, json_or_default, ApiError, HttpState};
-use crate::archive::ArchiveError;
 use crate::backup::{self, catalog, BackupError};
+use crate::wal::archive::ArchiveError;
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -67,7 +67,7 @@ async fn list_backups(
     let mut rows = catalog::list(&state.archive.catalog, &cluster)
         .await
         .map_err(BackupError::from)?;
-    crate::retention::annotate(
+    crate::jobs::retention::annotate(
         &state.config.cluster(&cluster),
         &mut rows,
         state.backups.now(),
@@ -87,7 +87,7 @@ async fn show_backup(
     let mut rows = catalog::list(&state.archive.catalog, &cluster)
         .await
         .map_err(BackupError::from)?;
-    crate::retention::annotate(
+    crate::jobs::retention::annotate(
         &state.config.cluster(&cluster),
         &mut rows,
         state.backups.now(),

@@ -23,12 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use pgwal::api::ErrorBody;
 
-use crate::archive::ArchiveError;
 use crate::backup::BackupError;
 use crate::catalog::CatalogError;
 use crate::config::validate_cluster_name;
-use crate::pgcheck::SwitchError;
+use crate::jobs::checks::SwitchError;
 use crate::state::AppState;
+use crate::wal::archive::ArchiveError;
 use auth::{AuthError, Operation};
 
 pub use wal::object_response;

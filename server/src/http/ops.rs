@@ -13,7 +13,7 @@ use pgwal::api::{JobRun, RetentionReport, SwitchWalRequest, SwitchWalResponse};
 use super::auth::Operation;
 use super::{authorize, json_or_default, ApiError, HttpState};
 use crate::backup::BackupError;
-use crate::scheduler::{self, JobKind};
+use crate::jobs::scheduler::{self, JobKind};
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -40,7 +40,8 @@ async fn retention(
     let cfg = state.config.cluster(&cluster);
     if q.dry_run {
         return Ok(Json(
-            crate::retention::apply(&state.archive, &state.backups, &cfg, &cluster, true).await?,
+            crate::jobs::retention::apply(&state.archive, &state.backups, &cfg, &cluster, true)
+                .await?,
         ));
     }
     let lock = state
@@ -52,7 +53,7 @@ async fn retention(
         .await
         .map_err(BackupError::from)?;
     let result =
-        crate::retention::apply(&state.archive, &state.backups, &cfg, &cluster, false).await;
+        crate::jobs::retention::apply(&state.archive, &state.backups, &cfg, &cluster, false).await;
     let (outcome, error, detail) = match &result {
         Ok(r) => (
             "ok",
@@ -113,12 +114,12 @@ async fn switch_wal(
     let token = authorize(&state, &headers, &cluster, Operation::Admin)?;
     let req: SwitchWalRequest = json_or_default(&body, "switch-wal request")?;
     let cfg = state.config.cluster(&cluster);
-    let segment = crate::pgcheck::switch_wal(&cfg, &cluster).await?;
+    let segment = crate::jobs::checks::switch_wal(&cfg, &cluster).await?;
     tracing::info!(cluster, segment = %segment, token = token.as_deref().unwrap_or("-"), "WAL switched");
     let mut archived = false;
     if req.archive {
         let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(DEFAULT_SWITCH_TIMEOUT));
-        crate::pgcheck::wait_archived(&state, &cluster, &segment, timeout).await?;
+        crate::jobs::checks::wait_archived(&state, &cluster, &segment, timeout).await?;
         archived = true;
     }
     Ok(Json(SwitchWalResponse { segment, archived }))

@@ -18,8 +18,8 @@ use pgwal::name::WalFileName;
 
 use super::auth::Operation;
 use super::{authorize, ApiError, HttpState};
-use crate::archive::{ArchiveError, Stored, Upload};
-use crate::object_format::Decompressor;
+use crate::wal::archive::{ArchiveError, Stored, Upload};
+use crate::wal::object_format::Decompressor;
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -181,7 +181,7 @@ async fn put_wal_inner(
 async fn drain_body(body: &mut axum::body::BodyDataStream) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut drained = 0u64;
-    while drained <= crate::archive::MAX_SEGMENT_BYTES {
+    while drained <= crate::wal::archive::MAX_SEGMENT_BYTES {
         match tokio::time::timeout_at(deadline, body.next()).await {
             Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
             _ => return,
@@ -614,7 +614,7 @@ async fn check(
             }),
         });
     }
-    crate::pgcheck::postgres_checks(&state, &cluster, &mut checks).await;
-    crate::pgcheck::archive_checks(&state, &cluster, &mut checks).await;
+    crate::jobs::checks::postgres_checks(&state, &cluster, &mut checks).await;
+    crate::jobs::checks::archive_checks(&state, &cluster, &mut checks).await;
     Ok(Json(pgwal::api::CheckReport { cluster, checks }))
 }

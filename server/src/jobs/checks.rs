@@ -314,7 +314,7 @@ fn age_text(d: Duration) -> String {
 
 /// The period of a schedule (between its next two fire times).
 fn schedule_period(spec: &str) -> Option<Duration> {
-    let s = crate::scheduler::parse_schedule(spec).ok()?;
+    let s = crate::jobs::scheduler::parse_schedule(spec).ok()?;
     let mut it = s.upcoming(chrono::Utc);
     let a = it.next()?;
     let b = it.next()?;
@@ -371,7 +371,7 @@ pub async fn archive_checks(state: &AppState, cluster: &str, checks: &mut Vec<Ch
     let backups_matter =
         cfg.backup_schedule.is_some() || cfg.retention.is_some() || !rows.is_empty();
     if backups_matter {
-        crate::retention::annotate(&cfg, &mut rows, now);
+        crate::jobs::retention::annotate(&cfg, &mut rows, now);
         let done: Vec<_> = rows.iter().filter(|r| r.info.status == "done").collect();
         let max_age = match &cfg.last_backup_maximum_age {
             Some(t) => humantime::parse_duration(t).ok(),

@@ -184,8 +184,14 @@ pub async fn run_once(
             JobKind::Backup => run_backup(state, cluster).await,
             JobKind::Retention => {
                 let cfg = state.config.cluster(cluster);
-                match crate::retention::apply(&state.archive, &state.backups, &cfg, cluster, false)
-                    .await
+                match crate::jobs::retention::apply(
+                    &state.archive,
+                    &state.backups,
+                    &cfg,
+                    cluster,
+                    false,
+                )
+                .await
                 {
                     Ok(r) => Outcome::Ok(format!(
                         "removed {} backups and {} WAL files",

@@ -12,8 +12,8 @@ use pgwal::page::{Expectations, SegmentValidator, ValidationErrorKind};
 use pgwal::segment::SegmentSize;
 
 use crate::catalog::{now_rfc3339, Binding, Catalog, CatalogError, WalRow};
-use crate::object_format::{Compressor, Decompressor, Trailer, TRAILER_LEN};
 use crate::storage::{BlobStore, BlobUpload, PutOutcome, StorageError};
+use crate::wal::object_format::{Compressor, Decompressor, Trailer, TRAILER_LEN};
 
 /// Largest segment PostgreSQL can write (`--wal-segsize=1024`).
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;

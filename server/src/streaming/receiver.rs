@@ -38,10 +38,10 @@ use pgwal::Lsn;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::archive::{Archive, ArchiveError, Upload};
 use crate::catalog::now_rfc3339;
 use crate::config::{ClusterConfig, DEFAULT_APPLICATION_NAME, DEFAULT_SLOT};
 use crate::storage::durability;
+use crate::wal::archive::{Archive, ArchiveError, Upload};
 
 /// How long to wait for a message before sending a status update anyway. PostgreSQL's
 /// `wal_sender_timeout` (60 s by default) ends a connection that stays silent longer.

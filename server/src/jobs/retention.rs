@@ -33,10 +33,10 @@ use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 use rusqlite::params;
 
-use crate::archive::Archive;
 use crate::backup::{self, catalog::BackupRow, BackupError, Backups};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::ClusterConfig;
+use crate::wal::archive::Archive;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -348,7 +348,7 @@ async fn finish_wal(archive: &Archive, cluster: &str) -> Result<usize, BackupErr
         let key = match key {
             Some(k) => k.clone(),
             None => match name.parse::<WalFileName>() {
-                Ok(n) => crate::archive::object_key(cluster, &n),
+                Ok(n) => crate::wal::archive::object_key(cluster, &n),
                 Err(_) => continue,
             },
         };

@@ -17,9 +17,9 @@ use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator};
 use pgwal::segment::SegmentSize;
 
-use crate::archive::{kind_str, parse_object_key, Archive, ArchiveError};
 use crate::catalog::{now_rfc3339, Binding, WalRow};
-use crate::object_format::{Decompressor, Trailer, TRAILER_LEN};
+use crate::wal::archive::{kind_str, parse_object_key, Archive, ArchiveError};
+use crate::wal::object_format::{Decompressor, Trailer, TRAILER_LEN};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {

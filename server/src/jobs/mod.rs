@@ -1,0 +1,8 @@
+//! What the server does on its own or on request, beside serving WAL: the scheduler
+//! ([`scheduler`]), retention ([`retention`]), the checks against PostgreSQL and the archive
+//! ([`checks`]), and the clock they read ([`clock`]).
+
+pub mod checks;
+pub mod clock;
+pub mod retention;
+pub mod scheduler;
