@@ -30,7 +30,7 @@
 //!   After a crash, recovery starts again from its last restartpoint and asks the archive again
 //!   for every file it needs. An fsync here would only make PostgreSQL wait for the disk twice.
 //! - **Spool files** are a cache of the archive. Each carries the XXH3-128 and size it had when
-//!   it was received ([`crate::spool`]); a file torn by a crash fails that check at hand-over,
+//!   it was received ([`crate::helper::spool`]); a file torn by a crash fails that check at hand-over,
 //!   is deleted and downloaded again, so it never needs an fsync either.
 
 use std::fs::{File, OpenOptions};

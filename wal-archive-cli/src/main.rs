@@ -2,22 +2,11 @@
 //! exit codes, which PostgreSQL acts on (DESIGN §4).
 
 mod args;
-mod backup;
-mod check;
 mod client;
 mod durable;
-mod fetch;
-mod lookahead;
-mod manifest;
+mod helper;
 mod ops;
-mod progress;
-mod push;
-mod restore;
 mod settings;
-mod spool;
-mod state;
-mod wal;
-mod worker;
 
 use std::process::ExitCode;
 
@@ -25,6 +14,8 @@ use clap::Parser;
 
 use crate::args::{Cli, Command};
 use crate::client::Client;
+use crate::helper::{fetch, push, worker};
+use crate::ops::{backup, check, restore, wal};
 use crate::settings::Settings;
 
 fn main() -> ExitCode {
@@ -95,24 +86,25 @@ fn main() -> ExitCode {
         }
         Command::FetchWorker { cluster } => worker::run(&client, &cluster),
         Command::Check { cluster, nagios } => check::run(&client, &cluster, json, nagios),
-        Command::Retention { cluster, dry_run } => match ops::retention(&client, &cluster, dry_run)
-        {
-            Ok(r) => {
-                if json {
-                    print_json(&r);
-                } else {
-                    ops::print_retention(&r);
+        Command::Retention { cluster, dry_run } => {
+            match ops::jobs::retention(&client, &cluster, dry_run) {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else {
+                        ops::jobs::print_retention(&r);
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => fail("retention", &e),
             }
-            Err(e) => fail("retention", &e),
-        },
-        Command::Jobs { cluster } => match ops::jobs(&client, &cluster) {
+        }
+        Command::Jobs { cluster } => match ops::jobs::jobs(&client, &cluster) {
             Ok(j) => {
                 if json {
                     print_json(&j);
                 } else {
-                    ops::print_jobs(&j);
+                    ops::jobs::print_jobs(&j);
                 }
                 ExitCode::SUCCESS
             }
@@ -122,7 +114,7 @@ fn main() -> ExitCode {
             cluster,
             archive,
             timeout,
-        } => match ops::switch_wal(&client, &cluster, archive, timeout) {
+        } => match ops::jobs::switch_wal(&client, &cluster, archive, timeout) {
             Ok(r) => {
                 if json {
                     print_json(&r);

@@ -1,6 +1,6 @@
 //! `wal-archive push`: PostgreSQL's archive_command. Exit 0 only once the server says the file is
 //! durably stored (201) or an identical copy already was (200), or an acknowledgement record
-//! proves the server holds exactly this file's bytes ([`crate::lookahead`]) — DESIGN §4.
+//! proves the server holds exactly this file's bytes ([`crate::helper::lookahead`]) — DESIGN §4.
 //!
 //! With look-ahead on (the default, 16 files), the next files marked `.ready` are sent on
 //! `parallel` threads while the requested one is pushed (and on the main thread too once it is
@@ -16,8 +16,8 @@ use pgwal::api::PutResponse;
 use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
-use crate::lookahead::{self, Check, Records};
-use crate::state;
+use crate::helper::lookahead::{self, Check, Records};
+use crate::helper::state;
 
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 

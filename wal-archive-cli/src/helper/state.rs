@@ -1,6 +1,6 @@
 //! The helper's state directory: where `push` keeps its acknowledgement records
-//! ([`crate::lookahead`]) and `fetch` its prefetch spool ([`crate::spool`]), with the prefetch
-//! worker's lock, log and wanted record beside it ([`crate::worker`]).
+//! ([`crate::helper::lookahead`]) and `fetch` its prefetch spool ([`crate::helper::spool`]), with the prefetch
+//! worker's lock, log and wanted record beside it ([`crate::helper::worker`]).
 //!
 //! Default: `${XDG_RUNTIME_DIR:-/tmp}/wal-archive-UID/HASH`, where HASH is the first 16 hex
 //! digits of the SHA-256 of the absolute pg_wal path, the server URL and the cluster, so that

@@ -31,8 +31,8 @@ use pgwal::checksum::{sha256_hex, Sha256};
 use crate::args::{GlobalArgs, RestoreArgs};
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::{self, TempFile};
-use crate::manifest::{self, Manifest};
-use crate::progress::{bytes_bar, human_bytes};
+use crate::ops::manifest::{self, Manifest};
+use crate::ops::progress::{bytes_bar, human_bytes};
 
 const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -56,7 +56,7 @@ pub fn restore(
 ) -> Result<Restored> {
     let window = client.settings.retry_for.unwrap_or(DEFAULT_RETRY);
     let cluster = &args.cluster;
-    let info = crate::backup::info(client, cluster, &args.backup)?;
+    let info = crate::ops::backup::info(client, cluster, &args.backup)?;
     if info.status != "done" {
         bail!(
             "backup {} is {}, not done: only a done backup can be restored",

@@ -1,5 +1,5 @@
 //! The prefetch worker: a detached `wal-archive fetch-worker` process that keeps the spool
-//! ([`crate::spool`]) filled while PostgreSQL replays, so that restore_command calls find their
+//! ([`crate::helper::spool`]) filled while PostgreSQL replays, so that restore_command calls find their
 //! file waiting instead of downloading it (the design of pgBackRest's asynchronous
 //! archive-get).
 //!
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pgwal::name::WalFileName;
 
 use crate::client::Client;
-use crate::spool::{Spool, Wanted};
+use crate::helper::spool::{Spool, Wanted};
 
 /// The worker's niceness increment (see nice(2)).
 const WORKER_NICE: i32 = 10;
@@ -161,7 +161,7 @@ pub fn run(client: &Client, cluster: &str) -> ExitCode {
         log("no state directory given (--spool-dir); exiting");
         return ExitCode::from(2);
     };
-    let origin = crate::spool::origin(&client.settings.url, cluster);
+    let origin = crate::helper::spool::origin(&client.settings.url, cluster);
     let spool = match Spool::in_state(&state, &origin) {
         Ok(s) => s,
         Err(e) => {
@@ -248,7 +248,7 @@ impl<'a> Worker<'a> {
             retry_window: client
                 .settings
                 .retry_for
-                .unwrap_or_else(|| crate::fetch::default_retry(true)),
+                .unwrap_or_else(|| crate::helper::fetch::default_retry(true)),
             shared: Mutex::new(Shared {
                 in_progress: Vec::new(),
                 seen: None,

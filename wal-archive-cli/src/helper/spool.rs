@@ -5,7 +5,7 @@
 //!
 //! restore_command is one process per file, and PostgreSQL waits for each. So the call itself
 //! never downloads ahead: it records the name PostgreSQL asked for (`prefetch-wanted` in the
-//! state directory) and makes sure the prefetch worker runs ([`crate::worker`]), a detached
+//! state directory) and makes sure the prefetch worker runs ([`crate::helper::worker`]), a detached
 //! process that keeps the next `prefetch` segments of the same timeline spooled while
 //! PostgreSQL replays. The call then hands the requested file over from the spool if it is
 //! there, waits for it if the worker is receiving it right now, or downloads it itself.
@@ -26,7 +26,7 @@
 //!   origin, and a worker serves only the wanted names of its own.
 //! - **Only verified bytes.** A file is spooled only after its checksum and size matched what
 //!   the server sent (`X-Content-Xxh3`, else `X-Content-Sha256`, and `X-Content-Size`, checked
-//!   while receiving, as for a direct download: [`crate::fetch::receive`]); its XXH3-128 is
+//!   while receiving, as for a direct download: [`crate::helper::fetch::receive`]); its XXH3-128 is
 //!   computed in the same pass and kept in the sidecar,
 //!   which is written last: a file without a sidecar is never handed over. At hand-over the
 //!   file is read once more and must match the sidecar's XXH3-128 and size (about 3 ms for
@@ -58,8 +58,8 @@ use pgwal::segment::SegmentSize;
 
 use crate::client::{status_failure, Client, Failure};
 use crate::durable::{self, TempFile};
-use crate::fetch::{copy_hashing, receive};
-use crate::state;
+use crate::helper::fetch::{copy_hashing, receive};
+use crate::helper::state;
 
 /// Spooled files older than this are removed unused.
 pub const MAX_AGE: Duration = Duration::from_secs(10 * 60);

@@ -8,8 +8,8 @@
 //!   recovery, so PostgreSQL stops instead of ending recovery early at the wrong point.
 //!
 //! With prefetch on (the default, 8 segments), the file may come from the verified prefetch
-//! spool, which a detached worker fills while PostgreSQL replays ([`crate::spool`],
-//! [`crate::worker`]). The call itself never downloads more than the file asked for.
+//! spool, which a detached worker fills while PostgreSQL replays ([`crate::helper::spool`],
+//! [`crate::helper::worker`]). The call itself never downloads more than the file asked for.
 //!
 //! The file is written to a temp file beside DEST and renamed into place, so PostgreSQL never
 //! sees a partial file, but it is not fsynced: see [`crate::durable`] for why PostgreSQL does
@@ -25,8 +25,8 @@ use pgwal::name::WalFileName;
 
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::TempFile;
-use crate::spool::{HandOver, Spool};
-use crate::worker;
+use crate::helper::spool::{HandOver, Spool};
+use crate::helper::worker;
 
 /// How long a fetch waits for the worker's copy of the very file it needs while that copy
 /// does not grow, before downloading the file itself.

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{status_failure, Client, Failure};
 use crate::durable::TempFile;
-use crate::state::{self, Identity};
+use crate::helper::state::{self, Identity};
 
 /// Records older than this are never trusted and are swept.
 const RECORD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);

@@ -11,7 +11,7 @@ use pgwal::api::{BackupInfo, BackupRequest, KeepRequest, VerifyReport};
 
 use crate::args::Checkpoint;
 use crate::client::{read_json, with_retries, Client};
-use crate::progress::{bytes_bar, human_bytes, set_total};
+use crate::ops::progress::{bytes_bar, human_bytes, set_total};
 
 /// How often `backup --wait` asks for progress.
 const POLL_EVERY: Duration = Duration::from_millis(500);
