@@ -14,7 +14,13 @@
 //! must increase strictly and stay below the file's own timeline. This parser is slightly
 //! stricter than `sscanf("%u\t%X/%X")`: the switchpoint must be in the canonical `X/Y` form
 //! (1 to 8 hex digits each side, no `0x`) and separated by whitespace, which is what PostgreSQL
-//! writes. Switchpoints must not decrease, which PostgreSQL guarantees when it writes the file.
+//! writes.
+//!
+//! Switchpoints need not increase. PostgreSQL does not check their order, and writes files
+//! where they decrease: recovery that follows timeline 3 (`1 0/3018CB0` in its history) but
+//! stops at a target before 0/3018CB0 ends on a new timeline 4 whose file says
+//! `1 0/3018CB0`, then `3 0/3018C48`. Points are then looked up newest span first, as
+//! `tliOfPointInHistory` does, so such a history still names exactly one timeline per point.
 
 use serde::{Deserialize, Serialize};
 
@@ -69,15 +75,6 @@ pub enum HistoryError {
         line: usize,
         tli: TimeLineId,
         file_tli: TimeLineId,
-    },
-    #[error(
-        "invalid history file at line {line}: switchpoint {switchpoint} is before the previous \
-         switchpoint {previous}"
-    )]
-    SwitchpointDecreasing {
-        line: usize,
-        switchpoint: Lsn,
-        previous: Lsn,
     },
 }
 
@@ -161,13 +158,6 @@ pub fn parse_history(
                     previous: prev.parent_tli,
                 });
             }
-            if switchpoint < prev.switchpoint {
-                return Err(HistoryError::SwitchpointDecreasing {
-                    line,
-                    switchpoint,
-                    previous: prev.switchpoint,
-                });
-            }
         }
         if tli >= tli_of_file {
             return Err(HistoryError::NotBelowFileTimeline {
@@ -224,10 +214,13 @@ pub fn timeline_spans(tli_of_file: TimeLineId, entries: &[HistoryEntry]) -> Vec<
 }
 
 /// `tliOfPointInHistory`: the timeline `lsn` belongs to on this history, or `None` if no span
-/// holds it (which cannot happen for spans from [`timeline_spans`]).
+/// holds it (which cannot happen for spans from [`timeline_spans`]). Spans are tried newest
+/// first, as PostgreSQL walks its list: when a switchpoint is below the one before it, the
+/// spans overlap (or one is empty) and the newer timeline wins.
 pub fn timeline_of_point(lsn: Lsn, spans: &[TimelineSpan]) -> Option<TimeLineId> {
     spans
         .iter()
+        .rev()
         .find(|s| s.begin <= lsn && s.end.is_none_or(|end| lsn < end))
         .map(|s| s.tli)
 }
@@ -321,15 +314,33 @@ mod tests {
             (2, "5\t0/1\n", |e| {
                 matches!(e, E::NotBelowFileTimeline { .. })
             }),
-            (4, "1\t0/5\n2\t0/4\n", |e| {
-                matches!(e, E::SwitchpointDecreasing { line: 2, .. })
-            }),
         ];
         for (tli, text, ok) in cases {
             let e = parse_history(tli, text).expect_err(text);
             assert!(ok(&e), "{text:?} gave {e:?}");
             assert!(!e.is_retryable());
         }
+    }
+
+    #[test]
+    fn decreasing_switchpoints_are_accepted_and_looked_up_newest_first() {
+        // What PostgreSQL 15 wrote when recovery followed timeline 2 but stopped at a target
+        // before timeline 2 began: timeline 3 branched from timeline 1, below 2's switchpoint.
+        let text = "1\t0/3018CB0\tno recovery target specified\n\
+                    2\t0/3018C48\tbefore 2026-11-30 10:00:00+00\n";
+        let entries = parse_history(3, text).expect("PostgreSQL wrote it");
+        assert_eq!(
+            entries,
+            vec![
+                entry(1, 0x3018CB0, "no recovery target specified"),
+                entry(2, 0x3018C48, "before 2026-11-30 10:00:00+00"),
+            ]
+        );
+        let spans = timeline_spans(3, &entries);
+        assert_eq!(timeline_of_point(Lsn(0x3018C47), &spans), Some(1));
+        assert_eq!(timeline_of_point(Lsn(0x3018C48), &spans), Some(3));
+        assert_eq!(timeline_of_point(Lsn(0x3018CB0), &spans), Some(3));
+        assert_eq!(timeline_of_point(Lsn(u64::MAX), &spans), Some(3));
     }
 
     #[test]

@@ -233,6 +233,37 @@ impl Catalog {
         .await
     }
 
+    /// The rows of one kind (`segment`, `partial`, `history`, `backup`) of a cluster.
+    pub async fn list_wal_kind(
+        &self,
+        cluster: &str,
+        kind: &'static str,
+    ) -> Result<Vec<WalRow>, CatalogError> {
+        let cluster = cluster.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "{WAL_SELECT} WHERE cluster = ?1 AND kind = ?2 ORDER BY name"
+            ))?;
+            let rows = stmt.query_map(params![cluster, kind], wal_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// After a missing or damaged object was stored again from the same bytes: the row points
+    /// at the new object and is served again.
+    pub async fn repair_wal(&self, row: WalRow) -> Result<(), CatalogError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE wal_files SET stored_size = ?3, xxh3 = COALESCE(?4, xxh3), state = 'ok'
+                 WHERE cluster = ?1 AND name = ?2 AND sha256 = ?5",
+                params![row.cluster, row.name, row.stored_size, row.xxh3, row.sha256],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn all_wal(&self) -> Result<Vec<WalRow>, CatalogError> {
         self.call(move |c| {
             let mut stmt = c.prepare(WAL_SELECT)?;

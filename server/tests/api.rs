@@ -11,7 +11,17 @@
 //! - `client_compressed_upload`: stored as sent, still verified.
 //! - `corrupt_object_is_never_served`.
 //! - `history_and_backup_files`: form checks.
-//! - `reconcile_*`: start-up reconciliation of storage with the catalog.
+//! - `reconcile_*`: start-up reconciliation of storage with the catalog; a storage error while
+//!   checking an uncataloged object stops start-up and never quarantines it.
+//! - `client_zstd_must_be_whole_frames`: a zstd body cut inside its last frame, or with bytes
+//!   after it, is refused (422) and nothing is stored; frames that ask for a larger window than
+//!   8 MiB, and bodies longer than any compressed form of the file, are refused.
+//! - `already_stored_proves_the_object_and_repairs_it`: 200 only once the stored object is there
+//!   with the cataloged checksum and size; a missing or damaged one is stored again from the
+//!   same bytes (the damaged copy moved to quarantine); a storage error is 503, never 200.
+//! - `second_partial_with_the_same_wal_is_accepted`: two `.partial` files of one name that agree
+//!   up to the switch point (from the timeline history, else up to where one is zero-filled)
+//!   are the same WAL: 200; one that differs before it is 409.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +47,18 @@ struct Env {
 }
 
 async fn env_in(dir: tempfile::TempDir) -> Env {
+    match env_with_plan(dir, Arc::new(FaultPlan::default())).await {
+        Ok(env) => env,
+        Err((e, _)) => panic!("open: {e:#}"),
+    }
+}
+
+/// A server on `dir` whose storage fails as `plan` says from the start (reconciliation
+/// included); on error, start-up's error and the directory back.
+async fn env_with_plan(
+    dir: tempfile::TempDir,
+    plan: Arc<FaultPlan>,
+) -> Result<Env, (anyhow::Error, tempfile::TempDir)> {
     let config = Config::from_toml(
         "",
         &Overrides {
@@ -45,27 +67,27 @@ async fn env_in(dir: tempfile::TempDir) -> Env {
         },
     )
     .expect("config");
-    let plan = Arc::new(FaultPlan::default());
     let blobs: Arc<dyn BlobStore> = Arc::new(FaultyBlobs {
         inner: ObjectStoreBlobs::local(&config.storage_dir()).expect("storage"),
         plan: plan.clone(),
     });
-    let (archive, lock) = wal_archive_server::open(&config, Some(blobs))
-        .await
-        .expect("open");
+    let (archive, lock) = match wal_archive_server::open(&config, Some(blobs)).await {
+        Ok(v) => v,
+        Err(e) => return Err((e, dir)),
+    };
     let state = Arc::new(AppState {
         archive,
         config: Arc::new(config.clone()),
         receivers: Default::default(),
         backups: Default::default(),
     });
-    Env {
+    Ok(Env {
         dir,
         config,
         plan,
         state,
         _lock: lock,
-    }
+    })
 }
 
 async fn env() -> Env {
@@ -406,7 +428,13 @@ async fn client_compressed_upload() {
         )
         .body(Body::from(compressed.clone()))
         .expect("request");
-    assert_eq!(call(&env, req).await.status, StatusCode::CREATED);
+    let r = call(&env, req).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     let files = stored_files(&env);
     let stored = std::fs::read(&files[0]).expect("read object");
     assert!(
@@ -742,4 +770,268 @@ async fn healthz_answers() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// `zstd --check`: frames with a content checksum, as the `zstd` tool writes by default.
+fn zstd_with_checksum(data: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
+    enc.include_checksum(true).expect("checksum flag");
+    std::io::Write::write_all(&mut enc, data).expect("compress");
+    enc.finish().expect("finish")
+}
+
+async fn put_zstd(env: &Env, name: &str, body: Vec<u8>) -> Reply {
+    let req = Request::put(format!("/v1/clusters/main/wal/{name}"))
+        .header("content-encoding", "zstd")
+        .body(Body::from(body))
+        .expect("request");
+    call(env, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_zstd_must_be_whole_frames() {
+    let env = env().await;
+    let s = seg(21);
+    let name = s.name(1).to_string();
+    let plain = s.build();
+    let whole = zstd_with_checksum(&plain);
+    // Bound to its system and segment size, the cluster's bodies have a limit of their own.
+    let first = seg(20);
+    assert_eq!(
+        put(&env, &first.name(1).to_string(), first.build())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let before = stored_files(&env).len();
+    // Cut inside the last frame (its checksum) or followed by bytes that are not a frame:
+    // every byte of the WAL decodes, but what would be stored does not end on a frame.
+    let cut = whole[..whole.len() - 4].to_vec();
+    let mut trailing = whole.clone();
+    trailing.extend_from_slice(b"\x28\xb5\x2f");
+    let mut garbage = whole.clone();
+    garbage.extend_from_slice(b"not a zstd frame at all");
+    for (what, body) in [("cut", cut), ("trailing", trailing), ("garbage", garbage)] {
+        let r = put_zstd(&env, &name, body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+        assert_eq!(r.error().error, "bad_encoding", "{what}");
+        assert_eq!(
+            get(&env, &name).await.status,
+            StatusCode::NOT_FOUND,
+            "{what}"
+        );
+        assert_eq!(stored_files(&env).len(), before, "{what}: nothing stored");
+    }
+    // A window above the upload limit (here 128 MiB) is refused before it is allocated.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).expect("encoder");
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(27))
+        .expect("window");
+    std::io::Write::write_all(&mut enc, &plain).expect("compress");
+    let wide = enc.finish().expect("finish");
+    let r = put_zstd(&env, &name, wide).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error().error, "bad_encoding");
+    // Skippable frames decode to nothing but count against the body's limit.
+    let mut padded = Vec::new();
+    let filler = vec![0u8; 1 << 20];
+    for _ in 0..3 {
+        padded.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        padded.extend_from_slice(&(filler.len() as u32).to_le_bytes());
+        padded.extend_from_slice(&filler);
+    }
+    padded.extend_from_slice(&whole);
+    let r = put_zstd(&env, &name, padded).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error().error, "too_long");
+    assert_eq!(stored_files(&env).len(), before);
+    // The whole stream is stored, and served back byte for byte.
+    assert_eq!(
+        put_zstd(&env, &name, whole).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, &name).await.body, plain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_stored_proves_the_object_and_repairs_it() {
+    let env = env().await;
+    let s = seg(22);
+    let name = s.name(1).to_string();
+    let bytes = s.build();
+    assert_eq!(
+        put(&env, &name, bytes.clone()).await.status,
+        StatusCode::CREATED
+    );
+    let object = stored_files(&env)
+        .into_iter()
+        .find(|p| p.ends_with(format!("{name}.zst")))
+        .expect("object");
+    assert_eq!(put(&env, &name, bytes.clone()).await.status, StatusCode::OK);
+
+    // Removed behind the server's back: the same bytes store it again.
+    std::fs::remove_file(&object).expect("rm");
+    assert_eq!(
+        put(&env, &name, bytes.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, &name).await.body, bytes);
+
+    // Damaged (its trailer rotted): other bytes are still a conflict, the same bytes
+    // replace it after it is moved to quarantine.
+    let mut stored = std::fs::read(&object).expect("read");
+    let n = stored.len();
+    stored[n - 20] ^= 0xFF;
+    std::fs::write(&object, &stored).expect("damage");
+    let mut other = bytes.clone();
+    other[5000] ^= 1;
+    assert_eq!(put(&env, &name, other).await.status, StatusCode::CONFLICT);
+    assert_eq!(
+        put(&env, &name, bytes.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, &name).await.body, bytes);
+    let quarantined = env.config.storage_dir().join("quarantine").join(
+        object
+            .strip_prefix(env.config.storage_dir())
+            .expect("under storage"),
+    );
+    assert_eq!(
+        std::fs::read(&quarantined).expect("quarantined copy"),
+        stored
+    );
+
+    // Truncated: the same.
+    let len = std::fs::metadata(&object).expect("stat").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&object)
+        .expect("open");
+    f.set_len(len - 100).expect("truncate");
+    drop(f);
+    assert_eq!(
+        put(&env, &name, bytes.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(get(&env, &name).await.body, bytes);
+
+    // Storage unreadable while checking: not provable, so not 200 (the client retries).
+    env.plan.read_error.store(true, Ordering::SeqCst);
+    let r = put(&env, &name, bytes.clone()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    env.plan.read_error.store(false, Ordering::SeqCst);
+    assert_eq!(put(&env, &name, bytes).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_retries_transient_errors_and_never_quarantines_for_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = seg(23);
+    let name = s.name(1).to_string();
+    let (dir, db, storage) = {
+        let env = env_in(dir).await;
+        assert_eq!(
+            put(&env, &name, s.build()).await.status,
+            StatusCode::CREATED
+        );
+        let (db, storage) = (env.config.catalog_path(), env.config.storage_dir());
+        let Env { dir, .. } = env;
+        (dir, db, storage)
+    };
+    // The row is lost (a crash between publish and catalog insert): start-up must re-index.
+    let conn = rusqlite::Connection::open(&db).expect("db");
+    conn.execute("DELETE FROM wal_files", [])
+        .expect("delete rows");
+    drop(conn);
+    let plan = Arc::new(FaultPlan::default());
+    plan.read_error.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let (err, dir) = match env_with_plan(dir, plan).await {
+        Ok(_) => panic!("start-up must stop while storage cannot be read"),
+        Err((e, dir)) => (format!("{e:#}"), dir),
+    };
+    assert!(err.contains("start-up stopped"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!storage.join("quarantine").exists(), "nothing quarantined");
+    // Storage back: the object is indexed and served.
+    let env = env_in(dir).await;
+    assert_eq!(get(&env, &name).await.body, s.build());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_partial_with_the_same_wal_is_accepted() {
+    let env = env().await;
+    let size = SegmentSize::new(1 << 20).expect("size");
+    let s = seg(24);
+    let partial = match s.name(1) {
+        pgwal::name::WalFileName::Segment { tli, log, seg } => {
+            pgwal::name::WalFileName::Partial { tli, log, seg }.to_string()
+        }
+        other => panic!("{other}"),
+    };
+    // The first 40 pages hold WAL; the receiver's copy is zero after them.
+    let zeroed = s.build();
+    let end = 40 * 8192;
+    let mut recycled = zeroed.clone();
+    for (i, b) in recycled[end..].iter_mut().enumerate() {
+        *b = (i % 251) as u8 + 1;
+    }
+    // A segment of the cluster first, so it is bound to its segment size.
+    assert_eq!(
+        put(&env, &seg(23).name(1).to_string(), seg(23).build())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put(&env, &partial, zeroed.clone()).await.status,
+        StatusCode::CREATED
+    );
+    // PostgreSQL's copy, other bytes after the point where the receiver's is zero: the same WAL.
+    assert_eq!(
+        put(&env, &partial, recycled.clone()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&env, &partial).await.body,
+        zeroed,
+        "the first copy is kept"
+    );
+    // Differing inside the WAL: a conflict, and nothing left over.
+    let mut foreign = zeroed.clone();
+    foreign[end / 2] ^= 0x55;
+    assert_eq!(
+        put(&env, &partial, foreign.clone()).await.status,
+        StatusCode::CONFLICT
+    );
+    // With the history naming the switch point inside the written pages, bytes after it may
+    // differ even where the stored copy is not zero.
+    let switch = end as u64 - 3000;
+    let start = size.segment_start(24).0 + switch;
+    let history = format!(
+        "1\t{:X}/{:X}\tno recovery target specified\n",
+        start >> 32,
+        start & 0xFFFF_FFFF
+    );
+    assert_eq!(
+        put(&env, "00000002.history", history.into_bytes())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let mut after_switch = zeroed.clone();
+    after_switch[switch as usize + 10] ^= 0x55;
+    assert_eq!(
+        put(&env, &partial, after_switch).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(&env, &partial, foreign).await.status,
+        StatusCode::CONFLICT
+    );
+    assert!(
+        !env.config.storage_dir().join("scratch").exists()
+            || std::fs::read_dir(env.config.storage_dir().join("scratch/main"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+    );
 }

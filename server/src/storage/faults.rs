@@ -18,6 +18,18 @@ pub struct FaultPlan {
     pub out_of_space: std::sync::atomic::AtomicBool,
     /// Every commit fails with an I/O error.
     pub io_error: std::sync::atomic::AtomicBool,
+    /// Every read (`get`, `get_range`, `head`) fails with an I/O error, as when storage is
+    /// unreachable for a while.
+    pub read_error: std::sync::atomic::AtomicBool,
+}
+
+impl FaultPlan {
+    fn read(&self) -> Result<(), StorageError> {
+        if self.read_error.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("injected read error".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Wraps a store and injects the failures of its [`FaultPlan`] (tests only, but compiled always so
@@ -41,17 +53,26 @@ impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
         })
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>> {
-        self.inner.get(key)
+        Box::pin(async move {
+            self.plan.read()?;
+            self.inner.get(key).await
+        })
     }
     fn get_range<'a>(
         &'a self,
         key: &'a str,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, StorageError>> {
-        self.inner.get_range(key, range)
+        Box::pin(async move {
+            self.plan.read()?;
+            self.inner.get_range(key, range).await
+        })
     }
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
-        self.inner.head(key)
+        Box::pin(async move {
+            self.plan.read()?;
+            self.inner.head(key).await
+        })
     }
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>> {
         self.inner.list(prefix)

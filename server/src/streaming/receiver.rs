@@ -271,7 +271,8 @@ impl Receiver {
                 s.timeline = Some(timeline);
                 s.failed_attempts = 0;
             });
-            let (next, c) = match self.stream_timeline(stream, start, timeline, size).await {
+            let (next, c, partial) = match self.stream_timeline(stream, start, timeline, size).await
+            {
                 Ok(v) => v,
                 Err(ReceiverError::Repl(e)) if start < slot_start && !fell_back && gone(&e) => {
                     self.log_hole(start, slot_start, &e);
@@ -289,7 +290,12 @@ impl Receiver {
                     "the server ended streaming without naming a next timeline".into(),
                 ));
             };
+            // The history first: it names the switch point, which tells a `.partial` that
+            // PostgreSQL archives under the same name from one with other WAL.
             self.store_history(&mut conn, next_tli).await?;
+            if let Some(partial) = partial {
+                self.store_partial(&partial).await?;
+            }
             tracing::info!(
                 cluster = %self.cluster, from = timeline, to = next_tli, at = %next_start,
                 "receiver: following the timeline switch"
@@ -307,15 +313,16 @@ impl Receiver {
         );
     }
 
-    /// Streams one timeline until the server ends it; returns the next timeline and the
-    /// connection back in command mode.
+    /// Streams one timeline until the server ends it; returns the next timeline, the
+    /// connection back in command mode, and the timeline's last segment, made durable as
+    /// `NAME.partial.ready`, for the caller to store once the next timeline's history is.
     async fn stream_timeline(
         &self,
         mut stream: ReplicationStream,
         start: Lsn,
         timeline: u32,
         size: SegmentSize,
-    ) -> Result<(Option<(u32, Lsn)>, ReplicationConnection), ReceiverError> {
+    ) -> Result<TimelineEnd, ReceiverError> {
         let mut writer = SegmentWriter::new(&self.work_dir, timeline, start, size);
         let mut last_flush = Instant::now();
         let mut server_lsn = start;
@@ -362,10 +369,9 @@ impl Receiver {
                 }
                 Some(StreamEvent::EndOfTimeline) => {
                     writer.flush().await?;
-                    if let Some(partial) = writer.finish_partial().await? {
-                        self.store_partial(&partial).await?;
-                    }
-                    return Ok(stream.finish_timeline().await?);
+                    let partial = writer.finish_partial().await?;
+                    let (next, conn) = stream.finish_timeline().await?;
+                    return Ok((next, conn, partial));
                 }
                 None => {
                     self.flush_and_report(&mut stream, &mut writer, server_lsn, false)
@@ -468,9 +474,14 @@ impl Receiver {
         };
         match self.ingest(&name, file_stream(path).await?).await {
             Ok(()) => {}
-            // PostgreSQL archives its own `.partial` at promotion; either copy will do.
+            // Another `.partial` of this name with other WAL before the switch point: the
+            // stored copy is kept, and this one too, for a person to look at.
             Err(ReceiverError::Archive(ArchiveError::Conflict(m))) => {
-                tracing::warn!(cluster = %self.cluster, "receiver: {m}");
+                let kept = self.work_dir.join(format!("{name}.conflict"));
+                tracing::error!(cluster = %self.cluster, kept = %kept.display(), "receiver: {m}");
+                tokio::fs::rename(path, &kept).await?;
+                durability::fsync_dir(&self.work_dir)?;
+                return Ok(());
             }
             Err(e) => return Err(e),
         }
@@ -700,6 +711,9 @@ impl SegmentWriter {
         Ok(Some(out))
     }
 }
+
+/// What [`Receiver::stream_timeline`] returns when the server ends a timeline.
+type TimelineEnd = (Option<(u32, Lsn)>, ReplicationConnection, Option<PathBuf>);
 
 /// Suffix of a timeline's last segment waiting to be stored as `NAME.partial`.
 const READY_PARTIAL_SUFFIX: &str = ".partial.ready";

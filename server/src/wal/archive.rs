@@ -12,7 +12,7 @@ use pgwal::page::{Expectations, SegmentValidator, ValidationErrorKind};
 use pgwal::segment::SegmentSize;
 
 use crate::catalog::{now_rfc3339, Binding, Catalog, CatalogError, WalRow};
-use crate::storage::{BlobStore, BlobUpload, PutOutcome, StorageError};
+use crate::storage::{BlobStore, BlobStream, BlobUpload, PutOutcome, StorageError};
 use crate::wal::object_format::{Compressor, Decompressor, Trailer, TRAILER_LEN};
 
 /// Largest segment PostgreSQL can write (`--wal-segsize=1024`).
@@ -148,10 +148,15 @@ struct Pipeline {
     xxh3: Xxh3,
     size: u64,
     limit: u64,
+    /// Bytes of the body as sent (compressed or not), and the most it may have.
+    received: u64,
+    body_limit: u64,
     compressor: Option<Compressor>,
     decompressor: Option<Decompressor>,
     /// Bytes to write to storage next.
     out: Vec<u8>,
+    /// Bytes handed to storage so far.
+    written: u64,
     /// When false (identity check of an already stored name), nothing is written.
     store: bool,
 }
@@ -159,6 +164,17 @@ struct Pipeline {
 impl Pipeline {
     /// Feeds one chunk of the request body.
     fn feed(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
+        self.received += chunk.len() as u64;
+        if self.received > self.body_limit {
+            return Err(ArchiveError::invalid(
+                "too_long",
+                format!(
+                    "the body is longer than {} bytes, more than this file can take even \
+                     compressed; nothing was stored",
+                    self.body_limit
+                ),
+            ));
+        }
         match self.decompressor.as_mut() {
             Some(dec) => {
                 if self.store {
@@ -217,6 +233,11 @@ fn absorb(
     limit: u64,
     plain: &[u8],
 ) -> Result<(), ArchiveError> {
+    // The validator first: what is wrong with a segment (its header names another size or
+    // system) says more than its length does.
+    if let Some(v) = validator.as_mut() {
+        v.update(plain).map_err(validation_error)?;
+    }
     *size += plain.len() as u64;
     if *size > limit {
         return Err(ArchiveError::invalid(
@@ -226,9 +247,6 @@ fn absorb(
     }
     hasher.update(plain);
     xxh3.update(plain);
-    if let Some(v) = validator.as_mut() {
-        v.update(plain).map_err(validation_error)?;
-    }
     if let Some(buf) = small.as_mut() {
         buf.extend_from_slice(plain);
     }
@@ -247,9 +265,36 @@ fn validation_error(e: pgwal::page::ValidationError) -> ArchiveError {
     ArchiveError::invalid(kind, e.to_string())
 }
 
+/// What an upload is for, decided from what the name already holds before the body is read.
+enum Target {
+    /// Nothing is cataloged under the name: store it.
+    New,
+    /// The name is cataloged and its object is intact: compare, store nothing (a `.partial`
+    /// is kept in a scratch object for a byte-wise comparison, see [`Archive::same_partial`]).
+    Compare(WalRow),
+    /// The name is cataloged but its object is missing (`damaged: None`) or fails its own
+    /// checks (`damaged: Some(why)`): the same bytes repair it; different ones are a conflict.
+    Repair {
+        row: WalRow,
+        damaged: Option<String>,
+    },
+}
+
+/// What storage holds for a cataloged file.
+enum ObjectState {
+    Intact,
+    Missing,
+    Damaged(String),
+}
+
+/// Prefix of objects that exist only for the duration of one request (a second `.partial` kept
+/// for comparison); anything under it at start is debris.
+pub const SCRATCH_PREFIX: &str = "scratch";
+
 impl Archive {
-    /// Validates and stores one WAL file. Returns only once the object is durable
-    /// (DESIGN §7.1) or an identical copy is known to be stored.
+    /// Validates and stores one WAL file. Returns only once the object is durable and proven to
+    /// hold exactly the validated bytes (DESIGN §7.1, §7.3), or an identical copy is known to be
+    /// stored and intact.
     pub async fn ingest<S, E>(
         &self,
         cluster: &str,
@@ -262,18 +307,29 @@ impl Archive {
         E: std::fmt::Display,
     {
         let cluster_row = self.catalog.cluster(cluster).await?;
-        let existing = self.catalog.wal(cluster, &name.to_string()).await?;
+        let key = object_key(cluster, name);
+        let target = match self.catalog.wal(cluster, &name.to_string()).await? {
+            None => Target::New,
+            Some(row) => match self.object_state(&row).await? {
+                ObjectState::Intact => Target::Compare(row),
+                ObjectState::Missing => Target::Repair { row, damaged: None },
+                ObjectState::Damaged(why) => Target::Repair {
+                    row,
+                    damaged: Some(why),
+                },
+            },
+        };
         let segment_like = matches!(
             name,
             WalFileName::Segment { .. } | WalFileName::Partial { .. }
         );
+        let segment_size = match cluster_row.as_ref().and_then(|c| c.segment_size) {
+            Some(z) => Some(SegmentSize::new(z).map_err(|e| {
+                ArchiveError::Storage(format!("catalog holds a bad segment size: {e}"))
+            })?),
+            None => None,
+        };
         let validator = if segment_like {
-            let segment_size = match cluster_row.as_ref().and_then(|c| c.segment_size) {
-                Some(z) => Some(SegmentSize::new(z).map_err(|e| {
-                    ArchiveError::Storage(format!("catalog holds a bad segment size: {e}"))
-                })?),
-                None => None,
-            };
             let expect = Expectations {
                 system_identifier: cluster_row.as_ref().and_then(|c| c.system_identifier),
                 segment_size,
@@ -282,11 +338,18 @@ impl Archive {
         } else {
             None
         };
-        // A row whose object was lost (state `missing`) may be repaired by pushing the same
-        // bytes again; anything else already cataloged is only compared.
-        let repair = existing.as_ref().filter(|r| r.state != "ok").cloned();
-        let existing = existing.filter(|r| r.state == "ok");
-        let store = existing.is_none();
+        let limit = if segment_like {
+            segment_size.map_or(MAX_SEGMENT_BYTES, |z| z.bytes())
+        } else {
+            MAX_SMALL_FILE_BYTES
+        };
+        // A second `.partial` of a stored name may be the same WAL with other bytes after the
+        // switch point: it is kept aside until compared.
+        let scratch = matches!(
+            (&target, name),
+            (Target::Compare(_), WalFileName::Partial { .. })
+        );
+        let store = !matches!(target, Target::Compare(_)) || scratch;
         let mut pipeline =
             Pipeline {
                 validator,
@@ -294,11 +357,9 @@ impl Archive {
                 hasher: Sha256::new(),
                 xxh3: Xxh3::new(),
                 size: 0,
-                limit: if segment_like {
-                    MAX_SEGMENT_BYTES
-                } else {
-                    MAX_SMALL_FILE_BYTES
-                },
+                limit,
+                received: 0,
+                body_limit: body_limit(limit),
                 compressor: if store && !upload.zstd {
                     Some(Compressor::new(compression_level).map_err(|e| {
                         ArchiveError::Storage(format!("cannot start compression: {e}"))
@@ -307,31 +368,42 @@ impl Archive {
                     None
                 },
                 decompressor: if upload.zstd {
-                    Some(Decompressor::new().map_err(|e| {
+                    Some(Decompressor::for_upload().map_err(|e| {
                         ArchiveError::Storage(format!("cannot start decompression: {e}"))
                     })?)
                 } else {
                     None
                 },
                 out: Vec::new(),
+                written: 0,
                 store,
             };
-
-        let key = object_key(cluster, name);
+        let put_key = if scratch {
+            scratch_key(cluster, name)
+        } else {
+            key.clone()
+        };
         let mut blob = if store {
             Some(
                 self.blobs
-                    .begin_put(&key)
+                    .begin_put(&put_key)
                     .await
                     .map_err(ArchiveError::from_storage)?,
             )
         } else {
             None
         };
-        let result = self
+        let checked = match self
             .run_pipeline(&mut pipeline, upload, blob.as_deref_mut())
-            .await;
-        let (sha256, xxh3, size) = match result {
+            .await
+        {
+            Ok(sums) => self
+                .check_content(cluster, name, &mut pipeline)
+                .await
+                .map(|()| sums),
+            Err(e) => Err(e),
+        };
+        let (sha256, xxh3, size) = match checked {
             Ok(v) => v,
             Err(e) => {
                 if let Some(b) = blob {
@@ -340,58 +412,72 @@ impl Archive {
                 return Err(e);
             }
         };
-        let checked = self.check_content(cluster, name, &mut pipeline).await;
-        if let Err(e) = checked {
-            if let Some(b) = blob {
-                b.abort().await;
-            }
-            return Err(e);
-        }
-
-        if let Some(row) = existing {
-            return same_or_conflict(name, &row.sha256, &sha256, &xxh3, size, row.stored_size);
-        }
-        if let Some(row) = &repair {
-            if row.sha256 != sha256 {
-                if let Some(b) = blob {
-                    b.abort().await;
+        let incoming = Incoming {
+            name,
+            sha256: &sha256,
+            xxh3: &xxh3,
+            size,
+        };
+        let row = match target {
+            Target::Compare(row) => {
+                if row.sha256 == sha256 || !scratch {
+                    if let Some(b) = blob {
+                        b.abort().await;
+                    }
+                    return same_or_conflict(&incoming, &row.sha256, row.stored_size);
                 }
-                return same_or_conflict(name, &row.sha256, &sha256, &xxh3, size, row.stored_size);
+                let Some(blob) = blob else {
+                    return Err(ArchiveError::Storage("upload not started".into()));
+                };
+                let result = self
+                    .compare_partial(cluster, &row, &put_key, blob, &mut pipeline)
+                    .await;
+                let _ = self.blobs.delete(&put_key).await;
+                return match result? {
+                    true => Ok(IngestResult {
+                        stored: Stored::AlreadyStored,
+                        sha256,
+                        xxh3,
+                        size,
+                        stored_size: row.stored_size,
+                    }),
+                    false => same_or_conflict(&incoming, &row.sha256, row.stored_size),
+                };
             }
-        }
-        let Some(mut blob) = blob else {
+            Target::Repair { row, damaged } => {
+                if row.sha256 != sha256 {
+                    if let Some(b) = blob {
+                        b.abort().await;
+                    }
+                    return same_or_conflict(&incoming, &row.sha256, row.stored_size);
+                }
+                if let Some(why) = damaged {
+                    // Never overwritten: the damaged object is moved aside, then the good bytes
+                    // take its name.
+                    tracing::error!(cluster, file = %name, key = %key,
+                        "the stored object is damaged ({why}); moving it to quarantine and storing the uploaded copy, which matches the catalog");
+                    if let Err(e) = self.quarantine(&key).await {
+                        if let Some(b) = blob {
+                            b.abort().await;
+                        }
+                        return Err(e);
+                    }
+                }
+                Some(row)
+            }
+            Target::New => None,
+        };
+        let repairing = row.is_some();
+        let Some(blob) = blob else {
             return Err(ArchiveError::Storage("upload not started".into()));
         };
-        // Trailer: checksum and size travel with the object (see object_format).
-        let mut tail = std::mem::take(&mut pipeline.out);
-        if let Some(c) = pipeline.compressor.as_mut() {
-            c.finish(&mut tail)
-                .map_err(|e| ArchiveError::Storage(format!("compression failed: {e}")))?;
-        }
-        let digest: [u8; 32] = hex::decode(&sha256)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| ArchiveError::Storage("internal: bad digest".into()))?;
-        tail.extend_from_slice(
-            &Trailer {
-                sha256: digest,
-                size,
-            }
-            .encode(),
-        );
-        if let Err(e) = blob.write(&tail).await {
-            blob.abort().await;
-            return Err(ArchiveError::from_storage(e));
-        }
-        match blob.commit().await.map_err(ArchiveError::from_storage)? {
+        match self
+            .publish(&key, blob, &mut pipeline, &sha256, size)
+            .await?
+        {
             PutOutcome::Created => {
-                let stored_size = self
-                    .blobs
-                    .head(&key)
-                    .await
-                    .map_err(ArchiveError::from_storage)?
-                    .unwrap_or(0);
-                let row = WalRow {
+                let stored_size = pipeline.written;
+                let new_row = WalRow {
                     cluster: cluster.to_string(),
                     name: name.to_string(),
                     kind: kind_str(name).to_string(),
@@ -404,11 +490,11 @@ impl Archive {
                     archived_at: now_rfc3339(),
                     state: "ok".into(),
                 };
-                if repair.is_some() {
-                    self.catalog.set_wal_state(cluster, &row.name, "ok").await?;
-                    tracing::info!(cluster, file = %row.name, "missing object restored by a new upload");
+                if repairing {
+                    self.catalog.repair_wal(new_row).await?;
+                    tracing::info!(cluster, file = %name, "stored object repaired by a new upload of the same bytes");
                 } else {
-                    self.catalog.insert_wal(row).await?;
+                    self.catalog.insert_wal(new_row).await?;
                 }
                 Ok(IngestResult {
                     stored: Stored::Created,
@@ -421,16 +507,20 @@ impl Archive {
             PutOutcome::AlreadyExists => {
                 // Another upload of the same name won the race (or the catalog lost its row in
                 // a crash): the stored object's own trailer says what it holds.
-                let trailer = self.read_trailer(&key).await?;
-                let stored_size = self.blobs.head(&key).await.ok().flatten().unwrap_or(0);
-                let result = same_or_conflict(
-                    name,
-                    &trailer.sha256_hex(),
-                    &sha256,
-                    &xxh3,
-                    size,
-                    stored_size,
-                )?;
+                let (trailer, stored_size) = match self.read_trailer(&key).await {
+                    Ok(t) => t,
+                    Err(ArchiveError::Corrupt(why)) => {
+                        // An uncataloged, damaged object under the name: out of the way, and
+                        // the client retries (503) with a free name.
+                        tracing::error!(cluster, file = %name, key = %key, "{why}; moving it to quarantine");
+                        self.quarantine(&key).await?;
+                        return Err(ArchiveError::Storage(format!(
+                            "a damaged object stood under {name}; it was moved to quarantine: retry"
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let result = same_or_conflict(&incoming, &trailer.sha256_hex(), stored_size)?;
                 let row = WalRow {
                     cluster: cluster.to_string(),
                     name: name.to_string(),
@@ -444,10 +534,74 @@ impl Archive {
                     archived_at: now_rfc3339(),
                     state: "ok".into(),
                 };
-                self.catalog.insert_wal(row).await?;
+                if repairing {
+                    self.catalog.repair_wal(row).await?;
+                } else {
+                    self.catalog.insert_wal(row).await?;
+                }
                 Ok(result)
             }
         }
+    }
+
+    /// Writes what is left of the object (the end of the compressed stream and the checksum
+    /// trailer) and publishes it under `key`, never over an existing object. `Created` is
+    /// returned only once the object is durable and its size is exactly what was written: with
+    /// the frames already proven whole while they were decoded or made, that proves it decodes
+    /// to exactly the validated bytes.
+    async fn publish(
+        &self,
+        key: &str,
+        mut blob: Box<dyn BlobUpload>,
+        pipeline: &mut Pipeline,
+        sha256: &str,
+        size: u64,
+    ) -> Result<PutOutcome, ArchiveError> {
+        let mut tail = std::mem::take(&mut pipeline.out);
+        if let Some(c) = pipeline.compressor.as_mut() {
+            if let Err(e) = c.finish(&mut tail) {
+                blob.abort().await;
+                return Err(ArchiveError::Storage(format!("compression failed: {e}")));
+            }
+        }
+        let Some(digest) = hex::decode(sha256)
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        else {
+            blob.abort().await;
+            return Err(ArchiveError::Storage("internal: bad digest".into()));
+        };
+        tail.extend_from_slice(
+            &Trailer {
+                sha256: digest,
+                size,
+            }
+            .encode(),
+        );
+        if let Err(e) = blob.write(&tail).await {
+            blob.abort().await;
+            return Err(ArchiveError::from_storage(e));
+        }
+        pipeline.written += tail.len() as u64;
+        let outcome = blob.commit().await.map_err(ArchiveError::from_storage)?;
+        if outcome == PutOutcome::Created {
+            let stored = self
+                .blobs
+                .head(key)
+                .await
+                .map_err(ArchiveError::from_storage)?;
+            if stored != Some(pipeline.written) {
+                tracing::error!(key, written = pipeline.written, stored = ?stored,
+                    "the published object does not have the size written; moving it to quarantine");
+                let _ = self.quarantine(key).await;
+                return Err(ArchiveError::Storage(format!(
+                    "storage holds {stored:?} bytes for {key} after {} were written; nothing \
+                     was acknowledged: retry",
+                    pipeline.written
+                )));
+            }
+        }
+        Ok(outcome)
     }
 
     async fn run_pipeline<S, E>(
@@ -476,8 +630,20 @@ impl Archive {
             if p.out.len() >= OUTPUT_FLUSH_BYTES {
                 if let Some(b) = blob.as_deref_mut() {
                     b.write(&p.out).await.map_err(ArchiveError::from_storage)?;
+                    p.written += p.out.len() as u64;
                 }
                 p.out.clear();
+            }
+        }
+        if let Some(dec) = &p.decompressor {
+            // What is stored is what was decoded: it must be whole frames, so that it decodes
+            // again to exactly these bytes (DESIGN §7.3).
+            if !dec.is_complete() {
+                return Err(ArchiveError::invalid(
+                    "bad_encoding",
+                    "the zstd-encoded body does not end with a complete frame (it was cut \
+                     short, or bytes follow its last frame); nothing was stored",
+                ));
             }
         }
         let sha256 = std::mem::take(&mut p.hasher).finish_hex();
@@ -507,8 +673,6 @@ impl Archive {
         Ok((sha256, xxh3, p.size))
     }
 
-    /// Final content checks once the whole body is in: segment completeness and cluster binding,
-    /// or the form of a `.history` / `.backup` file.
     async fn check_content(
         &self,
         cluster: &str,
@@ -599,7 +763,8 @@ impl Archive {
         }
     }
 
-    async fn read_trailer(&self, key: &str) -> Result<Trailer, ArchiveError> {
+    /// The stored object's trailer and the object's size, read without the object's content.
+    async fn read_trailer(&self, key: &str) -> Result<(Trailer, u64), ArchiveError> {
         let size = self
             .blobs
             .head(key)
@@ -616,8 +781,177 @@ impl Archive {
             .get_range(key, size - TRAILER_LEN as u64..size)
             .await
             .map_err(ArchiveError::from_storage)?;
-        Trailer::decode(&bytes)
-            .ok_or_else(|| ArchiveError::Corrupt(format!("object {key} has no valid trailer")))
+        let trailer = Trailer::decode(&bytes)
+            .ok_or_else(|| ArchiveError::Corrupt(format!("object {key} has no valid trailer")))?;
+        Ok((trailer, size))
+    }
+
+    /// Whether storage still holds the object of a cataloged file, as ingested: present, of the
+    /// cataloged size, its trailer naming the cataloged checksum and length. Enough to tell an
+    /// object that was removed, truncated, replaced or rotted in its last bytes from an intact
+    /// one without reading it whole; a transient storage error is an error, never "damaged".
+    async fn object_state(&self, row: &WalRow) -> Result<ObjectState, ArchiveError> {
+        let (trailer, size) = match self.read_trailer(&row.object_key).await {
+            Ok(t) => t,
+            Err(ArchiveError::MissingObject(_)) => return Ok(ObjectState::Missing),
+            Err(ArchiveError::Corrupt(why)) => return Ok(ObjectState::Damaged(why)),
+            Err(e) => return Err(e),
+        };
+        if trailer.sha256_hex() != row.sha256 || trailer.size != row.size {
+            return Ok(ObjectState::Damaged(format!(
+                "its trailer says SHA-256 {} ({} bytes), the catalog {} ({} bytes)",
+                trailer.sha256_hex(),
+                trailer.size,
+                row.sha256,
+                row.size
+            )));
+        }
+        if size != row.stored_size {
+            return Ok(ObjectState::Damaged(format!(
+                "it is {size} bytes, the catalog says {}",
+                row.stored_size
+            )));
+        }
+        if row.state != "ok" {
+            // Reconciliation found it missing; it is back, intact.
+            self.catalog
+                .set_wal_state(&row.cluster, &row.name, "ok")
+                .await?;
+        }
+        Ok(ObjectState::Intact)
+    }
+
+    /// Moves an object out of the archive's namespace to `quarantine/<key>` for a person to
+    /// inspect. Copy first, then delete: the bytes are never only in flight.
+    pub async fn quarantine(&self, key: &str) -> Result<(), ArchiveError> {
+        let storage = ArchiveError::from_storage;
+        let dest = format!("quarantine/{key}");
+        let mut stream = self.blobs.get(key).await.map_err(storage)?;
+        let mut up = self.blobs.begin_put(&dest).await.map_err(storage)?;
+        while let Some(chunk) = stream.next().await {
+            let written = match chunk {
+                Ok(c) => up.write(&c).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                up.abort().await;
+                return Err(storage(e));
+            }
+        }
+        // An earlier quarantine of the same key may exist: either way the copy is safe to drop.
+        up.commit().await.map_err(storage)?;
+        self.blobs.delete(key).await.map_err(storage)
+    }
+
+    /// Whether a second `.partial` of a stored name holds the same WAL (DESIGN §7.8): PostgreSQL
+    /// and the streaming receiver both write `NAME.partial` at a promotion, with the same WAL up
+    /// to the switch point and other bytes after it (recycled WAL in PostgreSQL's, zeros in the
+    /// receiver's). They are the same WAL when they agree up to the switch point, which a
+    /// timeline history of the cluster names; without one, up to the point after which either
+    /// copy holds only zeros. The uploaded copy was stored at `scratch` (this commits it); the
+    /// caller removes it.
+    async fn compare_partial(
+        &self,
+        cluster: &str,
+        row: &WalRow,
+        scratch: &str,
+        mut blob: Box<dyn BlobUpload>,
+        pipeline: &mut Pipeline,
+    ) -> Result<bool, ArchiveError> {
+        let mut tail = std::mem::take(&mut pipeline.out);
+        if let Some(c) = pipeline.compressor.as_mut() {
+            if let Err(e) = c.finish(&mut tail) {
+                blob.abort().await;
+                return Err(ArchiveError::Storage(format!("compression failed: {e}")));
+            }
+        }
+        if let Err(e) = blob.write(&tail).await {
+            blob.abort().await;
+            return Err(ArchiveError::from_storage(e));
+        }
+        blob.commit().await.map_err(ArchiveError::from_storage)?;
+        let name: WalFileName = row
+            .name
+            .parse()
+            .map_err(|e| ArchiveError::Storage(format!("catalog holds a bad name: {e}")))?;
+        let switch = self.switch_offset(cluster, &name).await?;
+        let cmp = compare_objects(&*self.blobs, &row.object_key, scratch).await?;
+        let agree_to = match switch {
+            Some(offset) => offset,
+            None => cmp.zero_tail.0.min(cmp.zero_tail.1),
+        };
+        let same = cmp.first_difference.is_none_or(|d| d >= agree_to);
+        tracing::warn!(cluster, file = %row.name, switch_offset = ?switch,
+            first_difference = ?cmp.first_difference, same,
+            "a second copy of a .partial segment with other bytes was compared with the stored one");
+        Ok(same)
+    }
+
+    /// The offset in `partial`'s segment where its timeline ended, from the cluster's timeline
+    /// history files; the smallest when several branches left it in that segment.
+    async fn switch_offset(
+        &self,
+        cluster: &str,
+        partial: &WalFileName,
+    ) -> Result<Option<u64>, ArchiveError> {
+        let Some(size) = self
+            .catalog
+            .cluster(cluster)
+            .await?
+            .and_then(|c| c.segment_size)
+            .and_then(|z| SegmentSize::new(z).ok())
+        else {
+            return Ok(None);
+        };
+        let Some(segno) = partial.segno(size) else {
+            return Ok(None);
+        };
+        let mut best: Option<u64> = None;
+        for row in self.catalog.list_wal_kind(cluster, "history").await? {
+            let Ok(WalFileName::History { tli }) = row.name.parse::<WalFileName>() else {
+                continue;
+            };
+            let Ok(bytes) = self.read_small(&row.object_key).await else {
+                continue;
+            };
+            let Ok(entries) = pgwal::history::parse_history_bytes(tli, &bytes) else {
+                continue;
+            };
+            for e in entries
+                .iter()
+                .filter(|e| e.parent_tli == partial.timeline())
+            {
+                if size.segno_of(e.switchpoint) == segno {
+                    let offset = size.offset_in_segment(e.switchpoint);
+                    best = Some(best.map_or(offset, |b| b.min(offset)));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The content of a small stored object (a history file), decompressed and checked.
+    pub async fn read_small(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+        let mut stream = self
+            .blobs
+            .get(key)
+            .await
+            .map_err(ArchiveError::from_storage)?;
+        let mut dec = Decompressor::new()
+            .map_err(|e| ArchiveError::Storage(format!("cannot start decompression: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(ArchiveError::from_storage)?;
+            dec.write(&chunk, |plain| {
+                if out.len() + plain.len() > MAX_SMALL_FILE_BYTES as usize {
+                    return Err(std::io::Error::other("longer than a small file can be"));
+                }
+                out.extend_from_slice(plain);
+                Ok(())
+            })
+            .map_err(|e| ArchiveError::Corrupt(format!("stored object {key}: {e}")))?;
+        }
+        Ok(out)
     }
 
     /// Looks a file up and re-verifies the stored object end to end (decompress + SHA-256)
@@ -675,32 +1009,185 @@ impl Archive {
                 ArchiveError::Corrupt(format!("stored object {key} cannot be decompressed: {e}"))
             })?;
         }
+        if !dec.is_complete() {
+            return Err(ArchiveError::Corrupt(format!(
+                "stored object {key} ends inside a zstd frame: it was cut short"
+            )));
+        }
         Ok((hasher.finish_hex(), size))
     }
 }
 
-fn same_or_conflict(
-    name: &WalFileName,
-    stored_sha: &str,
-    new_sha: &str,
-    new_xxh3: &str,
+/// What was uploaded, for the answer about a name already stored.
+struct Incoming<'a> {
+    name: &'a WalFileName,
+    sha256: &'a str,
+    xxh3: &'a str,
     size: u64,
+}
+
+fn same_or_conflict(
+    new: &Incoming<'_>,
+    stored_sha: &str,
     stored_size: u64,
 ) -> Result<IngestResult, ArchiveError> {
-    if stored_sha == new_sha {
+    if stored_sha == new.sha256 {
         Ok(IngestResult {
             stored: Stored::AlreadyStored,
-            sha256: new_sha.to_string(),
-            xxh3: new_xxh3.to_string(),
-            size,
+            sha256: new.sha256.to_string(),
+            xxh3: new.xxh3.to_string(),
+            size: new.size,
             stored_size,
         })
     } else {
         Err(ArchiveError::Conflict(format!(
-            "{name} is already archived with different content (stored SHA-256 {stored_sha}, \
-             this file {new_sha}); the stored copy is kept. Two servers may be archiving to the \
-             same cluster name, or this cluster was re-initialised: use a new --cluster name"
+            "{} is already archived with different content (stored SHA-256 {stored_sha}, \
+             this file {}); the stored copy is kept. Two servers may be archiving to the \
+             same cluster name, or this cluster was re-initialised: use a new --cluster name",
+            new.name, new.sha256
         )))
+    }
+}
+
+/// The most bytes a body may have for a file of at most `limit` bytes: zstd's worst-case
+/// expansion of incompressible data (RFC 8878: a raw block costs 3 bytes per 128 KiB) with room
+/// to spare; skippable frames count against it like anything else.
+fn body_limit(limit: u64) -> u64 {
+    limit + limit / 64 + (1 << 20)
+}
+
+/// Where a second copy of `name` waits for a comparison.
+fn scratch_key(cluster: &str, name: &WalFileName) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{SCRATCH_PREFIX}/{cluster}/{name}.{nanos}.zst")
+}
+
+/// How two stored objects' contents differ.
+struct Comparison {
+    /// The first offset where they differ (a length difference counts), `None` if equal.
+    first_difference: Option<u64>,
+    /// For each, the offset after which it holds only zeros.
+    zero_tail: (u64, u64),
+}
+
+/// Decompresses two objects side by side, in bounded memory.
+async fn compare_objects(
+    blobs: &dyn BlobStore,
+    a: &str,
+    b: &str,
+) -> Result<Comparison, ArchiveError> {
+    let mut sa = PlainStream::open(blobs, a).await?;
+    let mut sb = PlainStream::open(blobs, b).await?;
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    let (mut pa, mut pb) = (0usize, 0usize);
+    let mut offset = 0u64;
+    let mut first_difference = None;
+    let mut zero_tail = (0u64, 0u64);
+    loop {
+        if pa == ba.len() {
+            ba = sa.next().await?.unwrap_or_default();
+            pa = 0;
+        }
+        if pb == bb.len() {
+            bb = sb.next().await?.unwrap_or_default();
+            pb = 0;
+        }
+        let (ra, rb) = (&ba[pa..], &bb[pb..]);
+        if ra.is_empty() || rb.is_empty() {
+            // One ended: the rest of the other decides its zero tail and any difference.
+            let (rest, stream, which) = if ra.is_empty() {
+                (rb.to_vec(), &mut sb, 1)
+            } else {
+                (ra.to_vec(), &mut sa, 0)
+            };
+            let mut chunk = rest;
+            let mut at = offset;
+            if !chunk.is_empty() && first_difference.is_none() {
+                first_difference = Some(offset);
+            }
+            loop {
+                if chunk.is_empty() {
+                    match stream.next().await? {
+                        Some(c) => chunk = c,
+                        None => break,
+                    }
+                    continue;
+                }
+                if let Some(i) = chunk.iter().rposition(|&x| x != 0) {
+                    if which == 0 {
+                        zero_tail.0 = at + i as u64 + 1;
+                    } else {
+                        zero_tail.1 = at + i as u64 + 1;
+                    }
+                }
+                at += chunk.len() as u64;
+                chunk.clear();
+            }
+            return Ok(Comparison {
+                first_difference,
+                zero_tail,
+            });
+        }
+        let n = ra.len().min(rb.len());
+        let (xa, xb) = (&ra[..n], &rb[..n]);
+        if first_difference.is_none() {
+            if let Some(i) = xa.iter().zip(xb).position(|(x, y)| x != y) {
+                first_difference = Some(offset + i as u64);
+            }
+        }
+        if let Some(i) = xa.iter().rposition(|&x| x != 0) {
+            zero_tail.0 = offset + i as u64 + 1;
+        }
+        if let Some(i) = xb.iter().rposition(|&x| x != 0) {
+            zero_tail.1 = offset + i as u64 + 1;
+        }
+        offset += n as u64;
+        pa += n;
+        pb += n;
+    }
+}
+
+/// A stored object's content, decompressed a piece at a time.
+struct PlainStream {
+    key: String,
+    stream: BlobStream,
+    dec: Decompressor,
+}
+
+impl PlainStream {
+    async fn open(blobs: &dyn BlobStore, key: &str) -> Result<PlainStream, ArchiveError> {
+        Ok(PlainStream {
+            key: key.to_string(),
+            stream: blobs.get(key).await.map_err(ArchiveError::from_storage)?,
+            dec: Decompressor::new()
+                .map_err(|e| ArchiveError::Storage(format!("cannot start decompression: {e}")))?,
+        })
+    }
+
+    /// The next piece of content; `None` at the end.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, ArchiveError> {
+        while let Some(chunk) = self.stream.next().await {
+            let chunk = chunk.map_err(ArchiveError::from_storage)?;
+            let mut out = Vec::new();
+            self.dec
+                .write(&chunk, |plain| {
+                    out.extend_from_slice(plain);
+                    Ok(())
+                })
+                .map_err(|e| {
+                    ArchiveError::Corrupt(format!(
+                        "stored object {} cannot be decoded: {e}",
+                        self.key
+                    ))
+                })?;
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -134,10 +134,18 @@ impl Compressor {
     }
 }
 
+/// Largest zstd window an uploaded body may ask for: 8 MiB (`WindowLogMax` 23). zstd refuses a
+/// frame that needs more, so a body cannot make the server allocate 128 MiB or more for one
+/// upload. `wal-archive push --compress-level` compresses with at most this window.
+pub const UPLOAD_WINDOW_LOG_MAX: u32 = 23;
+
 /// Incremental zstd decompression over chunks; skippable frames (our trailer) produce no output.
 pub struct Decompressor {
     decoder: zstd::stream::raw::Decoder<'static>,
     scratch: Vec<u8>,
+    /// zstd's hint after the last call: 0 once a frame is completely decoded and flushed, and
+    /// nothing of the next one has been given yet.
+    hint: usize,
 }
 
 impl Decompressor {
@@ -145,7 +153,19 @@ impl Decompressor {
         Ok(Decompressor {
             decoder: zstd::stream::raw::Decoder::new()?,
             scratch: vec![0u8; 128 * 1024],
+            hint: 1,
         })
+    }
+
+    /// A decompressor for bodies clients send, refusing frames with a window above
+    /// [`UPLOAD_WINDOW_LOG_MAX`].
+    pub fn for_upload() -> std::io::Result<Self> {
+        let mut d = Decompressor::new()?;
+        d.decoder
+            .set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+                UPLOAD_WINDOW_LOG_MAX,
+            ))?;
+        Ok(d)
     }
 
     /// Feeds compressed `input`; calls `sink` with each piece of decompressed output.
@@ -158,8 +178,13 @@ impl Decompressor {
         loop {
             let mut inb = InBuffer::around(input);
             let mut outb = OutBuffer::around(&mut self.scratch[..]);
-            self.decoder.run(&mut inb, &mut outb)?;
+            let hint = self.decoder.run(&mut inb, &mut outb)?;
             let (consumed, produced) = (inb.pos(), outb.pos());
+            // A call that moved nothing after a frame ended only says what the next frame
+            // would need; the stream still ends on a whole frame.
+            if consumed > 0 || produced > 0 || self.hint != 0 {
+                self.hint = hint;
+            }
             if produced > 0 {
                 sink(&self.scratch[..produced])?;
             }
@@ -169,6 +194,14 @@ impl Decompressor {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether everything fed so far is whole frames: the last frame ended (with its
+    /// checksum, when it has one) and no byte of another one followed. A stream cut inside a
+    /// frame, or with bytes after its last frame that are not a whole frame, is not complete;
+    /// neither is an empty one.
+    pub fn is_complete(&self) -> bool {
+        self.hint == 0
     }
 }
 
@@ -246,6 +279,75 @@ mod tests {
             }
             assert_eq!(got, data);
         }
+    }
+
+    /// zstd's framing tells a complete stream from a cut or padded one: what an upload's body
+    /// must be before the server acknowledges it.
+    #[test]
+    fn completeness_of_frame_streams() {
+        // Whatever the size, also one that is a multiple of the decoder's output buffer.
+        for n in [131_072u32, 1 << 20, 1_000_000] {
+            let data: Vec<u8> = (0..n)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            let whole = zstd::encode_all(&data[..], 1).expect("compress");
+            let mut d = Decompressor::for_upload().expect("decoder");
+            d.write(&whole, |_| Ok(())).expect("decode");
+            assert!(d.is_complete(), "{n} bytes in one piece");
+        }
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let mut c = Compressor::new(1).expect("encoder");
+        let mut whole = Vec::new();
+        c.write(&data, &mut whole).expect("compress");
+        c.finish(&mut whole).expect("finish");
+        let decode = |bytes: &[u8]| -> std::io::Result<(Vec<u8>, bool)> {
+            let mut d = Decompressor::for_upload()?;
+            let mut out = Vec::new();
+            for chunk in bytes.chunks(999) {
+                d.write(chunk, |b| {
+                    out.extend_from_slice(b);
+                    Ok(())
+                })?;
+            }
+            Ok((out, d.is_complete()))
+        };
+        assert_eq!(decode(&whole).expect("whole"), (data.clone(), true));
+        // With our trailer (a skippable frame) after it: still complete.
+        let mut trailed = whole.clone();
+        trailed.extend_from_slice(
+            &Trailer {
+                sha256: [7; 32],
+                size: 1,
+            }
+            .encode(),
+        );
+        assert!(decode(&trailed).expect("trailed").1);
+        // The frame checksum cut off: all data came out, but the frame never ended.
+        let (out, complete) = decode(&whole[..whole.len() - 4]).expect("cut");
+        assert_eq!(out, data);
+        assert!(!complete);
+        // Bytes after the last frame: too few for a frame header, or not a frame at all.
+        for tail in [&b"\x28\xb5"[..], &b"garbage!"[..]] {
+            let mut padded = whole.clone();
+            padded.extend_from_slice(tail);
+            // Either decoding fails, or the stream does not end on a whole frame.
+            if let Ok((_, complete)) = decode(&padded) {
+                assert!(!complete, "{tail:?}");
+            }
+        }
+        // Nothing at all is not a stream.
+        assert!(!decode(&[]).expect("empty").1);
+        // A frame whose window is above the upload limit is refused.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).expect("encoder");
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(27))
+            .expect("window");
+        std::io::Write::write_all(&mut enc, &data).expect("write");
+        let wide = enc.finish().expect("finish");
+        assert!(decode(&wide).is_err(), "a 128 MiB window must be refused");
+        let mut plain = Decompressor::new().expect("decoder");
+        plain
+            .write(&wide, |_| Ok(()))
+            .expect("stored objects keep the default limit");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! - debris of interrupted uploads (staging objects, `NAME#N` temp files): removed;
 //! - objects without a catalog row (the server died between the durable publish and the
 //!   catalog insert): re-verified (trailer, checksum, WAL validation) and indexed, or moved to
-//!   `quarantine/` if they fail;
+//!   `quarantine/` if they are proven corrupt. A storage or catalog error while checking one is
+//!   not proof: it is retried, and if it persists start-up stops with a message rather than
+//!   quarantine an object that may be an acknowledged file;
 //! - rows without an object (someone deleted files): marked `missing` and reported; they are not
 //!   served, and `wal` lists them.
 
@@ -18,7 +20,7 @@ use pgwal::page::{Expectations, SegmentValidator};
 use pgwal::segment::SegmentSize;
 
 use crate::catalog::{now_rfc3339, Binding, WalRow};
-use crate::wal::archive::{kind_str, parse_object_key, Archive, ArchiveError};
+use crate::wal::archive::{kind_str, parse_object_key, Archive, ArchiveError, SCRATCH_PREFIX};
 use crate::wal::object_format::{Decompressor, Trailer, TRAILER_LEN};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,6 +32,17 @@ pub struct ReconcileReport {
     pub recovered: u64,
 }
 
+/// Attempts at checking one object before a storage or catalog error stops start-up.
+const ATTEMPTS: u32 = 4;
+
+/// Why an object without a row was not indexed.
+enum Unindexed {
+    /// Proven not to be a good WAL object: quarantined.
+    Corrupt(String),
+    /// Could not be checked (storage or catalog unavailable): retried, never quarantined.
+    Transient(String),
+}
+
 pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveError> {
     let mut report = ReconcileReport {
         swept: archive
@@ -39,6 +52,19 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
             .map_err(|e| ArchiveError::Storage(e.to_string()))?,
         ..Default::default()
     };
+    for meta in archive
+        .blobs
+        .list(SCRATCH_PREFIX)
+        .await
+        .map_err(|e| ArchiveError::Storage(e.to_string()))?
+    {
+        archive
+            .blobs
+            .delete(&meta.key)
+            .await
+            .map_err(|e| ArchiveError::Storage(e.to_string()))?;
+        report.swept += 1;
+    }
     let objects = archive
         .blobs
         .list("wal")
@@ -59,16 +85,36 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
             }
             continue;
         }
-        match index_object(archive, &obj.key, obj.size).await {
-            Ok(()) => {
-                tracing::info!(key = %obj.key, "reconcile: indexed an object the catalog did not list");
-                report.indexed += 1;
+        let mut attempt = 1;
+        loop {
+            match index_object(archive, &obj.key, obj.size).await {
+                Ok(()) => {
+                    tracing::info!(key = %obj.key, "reconcile: indexed an object the catalog did not list");
+                    report.indexed += 1;
+                }
+                Err(Unindexed::Corrupt(why)) => {
+                    tracing::error!(key = %obj.key, "reconcile: quarantining object: {why}");
+                    archive.quarantine(&obj.key).await?;
+                    report.quarantined.push(obj.key.clone());
+                }
+                Err(Unindexed::Transient(why)) if attempt < ATTEMPTS => {
+                    let pause = std::time::Duration::from_millis(250 << attempt);
+                    tracing::warn!(key = %obj.key, attempt, "reconcile: cannot check object now ({why}); retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(Unindexed::Transient(why)) => {
+                    return Err(ArchiveError::Storage(format!(
+                        "cannot check the uncataloged object {} ({why}) after {ATTEMPTS} \
+                         attempts; start-up stopped rather than quarantine what may be an \
+                         acknowledged file: make storage and the catalog reachable and start \
+                         the server again",
+                        obj.key
+                    )));
+                }
             }
-            Err(why) => {
-                tracing::error!(key = %obj.key, "reconcile: quarantining object: {why}");
-                quarantine(archive, &obj.key).await?;
-                report.quarantined.push(obj.key.clone());
-            }
+            break;
         }
     }
     for row in &rows {
@@ -96,23 +142,26 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
 }
 
 /// Verifies an uncatalogued object fully and adds its row. Errors say why it is not acceptable.
-async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), String> {
-    let (cluster, name) = parse_object_key(key).ok_or("not a WAL object key")?;
+async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Unindexed> {
+    use Unindexed::{Corrupt, Transient};
+    let transient = |e: &dyn std::fmt::Display| Transient(e.to_string());
+    let (cluster, name) =
+        parse_object_key(key).ok_or_else(|| Corrupt("not a WAL object key".into()))?;
     if size < TRAILER_LEN as u64 {
-        return Err(format!("{size} bytes is too short"));
+        return Err(Corrupt(format!("{size} bytes is too short")));
     }
     let tail = archive
         .blobs
         .get_range(key, size - TRAILER_LEN as u64..size)
         .await
-        .map_err(|e| e.to_string())?;
-    let trailer = Trailer::decode(&tail).ok_or("no valid trailer")?;
+        .map_err(|e| transient(&e))?;
+    let trailer = Trailer::decode(&tail).ok_or_else(|| Corrupt("no valid trailer".into()))?;
 
     let cluster_row = archive
         .catalog
         .cluster(&cluster)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| transient(&e))?;
     let mut validator = match &name {
         WalFileName::Segment { .. } | WalFileName::Partial { .. } => {
             let expect = Expectations {
@@ -122,18 +171,18 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
                     .and_then(|c| c.segment_size)
                     .and_then(|z| SegmentSize::new(z).ok()),
             };
-            Some(SegmentValidator::new(&name, expect).map_err(|e| e.to_string())?)
+            Some(SegmentValidator::new(&name, expect).map_err(|e| Corrupt(e.to_string()))?)
         }
         _ => None,
     };
     let mut small = Vec::new();
-    let mut stream = archive.blobs.get(key).await.map_err(|e| e.to_string())?;
-    let mut dec = Decompressor::new().map_err(|e| e.to_string())?;
+    let mut stream = archive.blobs.get(key).await.map_err(|e| transient(&e))?;
+    let mut dec = Decompressor::new().map_err(|e| transient(&e))?;
     let mut hasher = Sha256::new();
     let mut xxh3 = pgwal::checksum::Xxh3::new();
     let mut plain_size = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
+        let chunk = chunk.map_err(|e| transient(&e))?;
         dec.write(&chunk, |plain| {
             plain_size += plain.len() as u64;
             hasher.update(plain);
@@ -146,19 +195,22 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
             }
             Ok(())
         })
-        .map_err(|e| format!("content: {e}"))?;
+        .map_err(|e| Corrupt(format!("content: {e}")))?;
+    }
+    if !dec.is_complete() {
+        return Err(Corrupt("it ends inside a zstd frame".into()));
     }
     let sha = hasher.finish_hex();
     if sha != trailer.sha256_hex() || plain_size != trailer.size {
-        return Err(format!(
+        return Err(Corrupt(format!(
             "checksum mismatch: trailer says {} ({} bytes), content is {sha} ({plain_size} bytes)",
             trailer.sha256_hex(),
             trailer.size
-        ));
+        )));
     }
     match validator {
         Some(v) => {
-            let info = v.finish().map_err(|e| e.to_string())?;
+            let info = v.finish().map_err(|e| Corrupt(e.to_string()))?;
             let binding = archive
                 .catalog
                 .bind_cluster(
@@ -168,14 +220,15 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
                     info.pg_major,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| transient(&e))?;
             if binding != Binding::Ok {
-                return Err(format!("belongs to another system: {binding:?}"));
+                return Err(Corrupt(format!("belongs to another system: {binding:?}")));
             }
         }
         None => {
             if let WalFileName::History { tli } = name {
-                pgwal::history::parse_history_bytes(tli, &small).map_err(|e| e.to_string())?;
+                pgwal::history::parse_history_bytes(tli, &small)
+                    .map_err(|e| Corrupt(e.to_string()))?;
             }
         }
     }
@@ -195,31 +248,6 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Str
             state: "ok".into(),
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| transient(&e))?;
     Ok(())
-}
-
-/// Moves an object out of the archive's namespace to `quarantine/<key>` for a person to inspect.
-async fn quarantine(archive: &Archive, key: &str) -> Result<(), ArchiveError> {
-    let storage = |e: crate::storage::StorageError| ArchiveError::Storage(e.to_string());
-    let dest = format!("quarantine/{key}");
-    let mut stream = archive.blobs.get(key).await.map_err(storage)?;
-    let mut up = archive.blobs.begin_put(&dest).await.map_err(storage)?;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                if let Err(e) = up.write(&c).await {
-                    up.abort().await;
-                    return Err(storage(e));
-                }
-            }
-            Err(e) => {
-                up.abort().await;
-                return Err(storage(e));
-            }
-        }
-    }
-    // An earlier quarantine of the same key may exist: either way the copy is safe to drop.
-    up.commit().await.map_err(storage)?;
-    archive.blobs.delete(key).await.map_err(storage)
 }
