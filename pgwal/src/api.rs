@@ -20,7 +20,15 @@ pub struct ErrorBody {
     pub error: String,
     /// What happened and what to do, for a person.
     pub message: String,
+    /// The cluster the answer is about, when it is about one. `fetch` reads a 404 as "the
+    /// archive has no such file" only when it says `not_found` for the very cluster asked
+    /// about: any other 404 (a wrong URL, a proxy, an unknown cluster) is a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
+
+/// `error` of a 404 that means "this cluster's archive has no file of that name".
+pub const NOT_IN_ARCHIVE: &str = "not_found";
 
 /// One archived WAL file, as listed by `GET /v1/clusters/{cluster}/wal`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

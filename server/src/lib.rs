@@ -38,6 +38,18 @@ pub async fn open(
             config.data_dir.display()
         )
     })?;
+    match storage::durability::make_private(&config.data_dir) {
+        Ok(None) => {}
+        Ok(Some(mode)) => tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "the data directory was open to other accounts (mode {mode:o}); it is now 0700: \
+             the archive holds every WAL record and base backup, pg_authid included"
+        ),
+        Err(e) => anyhow::bail!(
+            "cannot make the data directory {} owner-only: {e}; run the server as its owner",
+            config.data_dir.display()
+        ),
+    }
     let lock_path = config.data_dir.join("wal-archive.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)

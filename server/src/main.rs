@@ -25,6 +25,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any file or thread exists: everything the server creates is owner-only.
+    wal_archive_server::storage::durability::set_private_umask();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

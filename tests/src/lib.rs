@@ -27,6 +27,8 @@
 //!   status, `check` and the log, and healed without restarting the server once fixed.
 //! - `lookahead.rs`: look-ahead push; a stale acknowledgement record never yields a false 0; a
 //!   backlog of `.ready` segments archived mostly from records.
+//! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:
+//!   exit codes that tell PostgreSQL the truth, an owner-only data directory.
 //! - `prefetch.rs`: the asynchronous fetch spool: a corrupted spooled file is discarded at
 //!   hand-over, never handed over; one prefetch worker per spool, token out of its arguments,
 //!   exit when idle; recovery across a promotion's timeline switch with prefetch on.

@@ -69,6 +69,15 @@ impl Server {
 
     /// (Re)starts the process on the same port and data directory, and waits for `/healthz`.
     pub fn start_again(&mut self) -> Result<()> {
+        self.start_process(None)
+    }
+
+    /// [`Server::start_again`] with the process's umask set to `umask` first.
+    pub fn start_again_with_umask(&mut self, umask: u32) -> Result<()> {
+        self.start_process(Some(umask))
+    }
+
+    fn start_process(&mut self, umask: Option<u32>) -> Result<()> {
         if self.child.is_some() {
             bail!("the server is already running");
         }
@@ -77,7 +86,17 @@ impl Server {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match umask {
+            // The shell sets the mask and execs the server: same process, same PID.
+            Some(mask) => {
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         scrub_env(&mut cmd);
         cmd.current_dir(self.dir.path());
         if let Some(config) = &self.config {

@@ -759,7 +759,6 @@ fn fetch_of_a_missing_file_is_a_fast_no() -> Result<()> {
         ("main", next.as_str()),
         ("main", "00000002.history"),
         ("main", "000000010000000000000001.00000028.backup"),
-        ("never-seen", names[0].as_str()),
     ] {
         let out = cli.run(["fetch", "--cluster", cluster, name, &dest.to_string_lossy()])?;
         expect_exit(&out, 1, &format!("fetch of missing {cluster}/{name}"))?;

@@ -20,6 +20,8 @@ pub enum Failure {
         status: u16,
         kind: String,
         message: String,
+        /// The cluster the server's error body names, if any.
+        cluster: Option<String>,
     },
     /// Anything else, not worth retrying (a local file problem, a damaged response).
     Fatal(String),
@@ -45,6 +47,7 @@ impl std::fmt::Display for Failure {
                 status,
                 kind,
                 message,
+                ..
             } => write!(f, "server refused ({status} {kind}): {message}"),
             Failure::Fatal(m) => f.write_str(m),
         }
@@ -199,9 +202,11 @@ pub fn status_failure(mut resp: Response<Body>) -> Failure {
             status,
             kind: b.error,
             message: b.message,
+            cluster: b.cluster,
         },
         Err(_) => Failure::Status {
             status,
+            cluster: None,
             kind: "http".into(),
             message: if text.is_empty() {
                 format!("HTTP {status}")

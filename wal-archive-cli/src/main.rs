@@ -19,12 +19,19 @@ use crate::ops::{backup, check, restore, wal};
 use crate::settings::Settings;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let _ = e.print();
+            return unusable_exit(None);
+        }
+    };
     let settings = match Settings::resolve(&cli.global) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wal-archive: {e}");
-            return ExitCode::from(2);
+            return unusable_exit(Some(&cli.command));
         }
     };
     let json = settings.json;
@@ -32,7 +39,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wal-archive: {e}");
-            return ExitCode::from(2);
+            return unusable_exit(Some(&cli.command));
         }
     };
     match cli.command {
@@ -251,6 +258,55 @@ fn main() -> ExitCode {
             Err(e) => fail("keep", &e),
         },
     }
+}
+
+/// The exit code when the command cannot even start (bad arguments, an unreadable config or CA
+/// file): what PostgreSQL must hear is "failed", never "no such file" (DESIGN §4). `push`
+/// exits 1 (PostgreSQL keeps the segment and retries); `fetch` follows the rule for an
+/// unreachable archive: 1 in standby mode, above 125 in archive recovery, so recovery stops
+/// rather than ending at the wrong point; operator commands exit 2 (usage).
+fn unusable_exit(command: Option<&Command>) -> ExitCode {
+    let fetch_pgdata = match command {
+        Some(Command::Fetch { pgdata, .. }) => Some(pgdata.clone()),
+        Some(Command::Push { .. }) | Some(Command::FetchWorker { .. }) => return ExitCode::from(1),
+        Some(_) => return ExitCode::from(2),
+        // The arguments did not parse: read what can be read of them.
+        None => fetch_in_args(std::env::args().skip(1)),
+    };
+    match fetch_pgdata {
+        Some(pgdata) => {
+            if fetch::standby_mode(pgdata.as_deref()) {
+                ExitCode::from(1)
+            } else {
+                eprintln!(
+                    "wal-archive fetch: stopping archive recovery (exit {}) rather than ending it \
+                     at the wrong point; fix restore_command and start PostgreSQL again",
+                    fetch::EXIT_ABORT_RECOVERY
+                );
+                ExitCode::from(fetch::EXIT_ABORT_RECOVERY)
+            }
+        }
+        None if std::env::args().skip(1).any(|a| a == "push") => ExitCode::from(1),
+        None => ExitCode::from(2),
+    }
+}
+
+/// For arguments clap refused: `Some(--pgdata)` when they name the `fetch` command.
+fn fetch_in_args(args: impl Iterator<Item = String>) -> Option<Option<std::path::PathBuf>> {
+    let args: Vec<String> = args.collect();
+    if !args.iter().any(|a| a == "fetch") {
+        return None;
+    }
+    let pgdata = args.iter().enumerate().find_map(|(i, a)| {
+        if let Some(v) = a.strip_prefix("--pgdata=") {
+            Some(std::path::PathBuf::from(v))
+        } else if a == "--pgdata" {
+            args.get(i + 1).map(std::path::PathBuf::from)
+        } else {
+            None
+        }
+    });
+    Some(pgdata)
 }
 
 /// An operator command failed: the whole chain of causes, then exit 1.

@@ -60,6 +60,8 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// The cluster the error is about, sent in the body (see `ErrorBody::cluster`).
+    cluster: Option<String>,
     /// Already logged by the handler, with more context than this type has.
     logged: bool,
 }
@@ -70,12 +72,18 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            cluster: None,
             logged: false,
         }
     }
 
     fn logged(mut self) -> Self {
         self.logged = true;
+        self
+    }
+
+    fn about(mut self, cluster: &str) -> Self {
+        self.cluster = Some(cluster.to_string());
         self
     }
 }
@@ -102,6 +110,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.kind.to_string(),
             message: self.message,
+            cluster: self.cluster,
         };
         (self.status, Json(body)).into_response()
     }

@@ -97,7 +97,9 @@ async fn put_wal(
         ),
         Err(e) => log_failure(&cluster, &name, "put", e),
     }
-    result.map(|(status, r)| (status, Json(r)).into_response())
+    result
+        .map(|(status, r)| (status, Json(r)).into_response())
+        .map_err(ApiError::logged)
 }
 
 async fn put_wal_inner(
@@ -249,7 +251,7 @@ async fn get_wal(
             log_failure(&cluster, &name, "get", e);
         }
     }
-    result
+    result.map_err(ApiError::logged)
 }
 
 async fn get_wal_inner(
@@ -260,7 +262,11 @@ async fn get_wal_inner(
 ) -> Result<Response, ApiError> {
     let wal_name = parse_name(name)?;
     // Verified before the first byte is sent: a damaged object is never served (DESIGN §7.3).
-    let row = state.archive.verified(cluster, &wal_name).await?;
+    let row = match state.archive.verified(cluster, &wal_name).await {
+        Ok(row) => row,
+        Err(ArchiveError::NotFound(m)) => return Err(not_in_archive(state, cluster, m).await),
+        Err(e) => return Err(e.into()),
+    };
     let stream = state
         .archive
         .blobs
@@ -276,6 +282,27 @@ async fn get_wal_inner(
         row.xxh3.as_deref(),
     )
     .map_err(|e| ApiError::from(ArchiveError::Storage(e.to_string())))
+}
+
+/// The 404 for a file the archive does not hold: `not_found` for a cluster this archive knows
+/// (which `fetch` turns into "no such file"), `unknown_cluster` otherwise, so that a mistyped
+/// `--cluster` never ends a recovery early.
+async fn not_in_archive(state: &HttpState, cluster: &str, message: String) -> ApiError {
+    let known = state.config.clusters.contains_key(cluster)
+        || matches!(state.archive.catalog.cluster(cluster).await, Ok(Some(_)));
+    if known {
+        ApiError::new(StatusCode::NOT_FOUND, pgwal::api::NOT_IN_ARCHIVE, message).about(cluster)
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_cluster",
+            format!(
+                "this archive has no cluster {cluster:?}: check --cluster (and the URL) in \
+                 restore_command"
+            ),
+        )
+        .about(cluster)
+    }
 }
 
 /// The response for a stored object already verified by the caller: the zstd object as stored

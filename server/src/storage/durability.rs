@@ -15,9 +15,17 @@
 //! Only after step 3 returns does the server answer 201 (DESIGN §7.1). The staging name is then
 //! unlinked without fsync: if it survives a crash it is swept at the next start.
 //!
-//! The SQLite catalog is an index that can be rebuilt from storage, so it runs with
-//! `synchronous = NORMAL` in WAL mode: a crash may lose the last catalog rows but never an object,
-//! and start-up reconciliation re-indexes such objects.
+//! The SQLite catalog runs in WAL mode with `synchronous = FULL`: a commit returns once it is on
+//! disk, so a state the server has reported (a backup `done`, a keep flag, a retention plan)
+//! survives a power loss. WAL rows are written after their object is durable; a crash between
+//! the two leaves an object without a row, which start-up reconciliation re-indexes.
+//!
+//! # Owner only
+//!
+//! The archive holds every WAL record and base backup of its clusters, `pg_authid` included.
+//! The server sets its umask to 077 at start, so every directory it creates is 0700 and every
+//! file 0600 whatever the umask it inherited, and [`make_private`] closes a data directory
+//! that others can enter.
 
 use std::fs;
 use std::io;
@@ -55,6 +63,27 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The umask of the server process: nothing it creates is readable by others.
+pub const PRIVATE_UMASK: u32 = 0o077;
+
+/// Sets the process umask to [`PRIVATE_UMASK`] (before any thread starts or file is created).
+pub fn set_private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(PRIVATE_UMASK));
+}
+
+/// Makes `dir` owner-only (0700) if group or others may enter or read it; returns its mode
+/// before, when it had to be changed. With the top directory closed, nothing under it is
+/// reachable by another account, whatever the modes below.
+pub fn make_private(dir: &Path) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(Some(mode))
 }
 
 /// fsync of a directory: makes its entries (creations, renames, links) durable.
@@ -99,6 +128,19 @@ fn is_upload_debris(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_directory_is_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("data");
+        fs::create_dir(&d).expect("mkdir");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(make_private(&d).expect("close"), Some(0o755));
+        let mode = fs::metadata(&d).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(make_private(&d).expect("again"), None);
+    }
 
     #[test]
     fn debris_names() {

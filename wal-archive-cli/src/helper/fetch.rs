@@ -147,10 +147,24 @@ fn fetch_from_server(
         let resp = client.get(&url_path, true)?;
         match resp.status().as_u16() {
             200 => download(resp, dest).map(|size| Outcome::Restored { size }),
-            404 => Ok(Outcome::NotFound),
-            _ => Err(status_failure(resp)),
+            _ => match status_failure(resp) {
+                f if not_in_archive(&f, cluster) => Ok(Outcome::NotFound),
+                f => Err(f),
+            },
         }
     })
+}
+
+/// Whether a failure is the archive itself saying it has no such file for `cluster` (DESIGN
+/// §4): a 404 with its own error body, `not_found`, naming that very cluster. A 404 from
+/// anything else (a wrong URL or path prefix, a proxy, a cluster the archive does not know) is
+/// a failure like an unreachable server.
+pub fn not_in_archive(failure: &Failure, cluster: &str) -> bool {
+    matches!(
+        failure,
+        Failure::Status { status: 404, kind, cluster: Some(c), .. }
+            if kind == pgwal::api::NOT_IN_ARCHIVE && c == cluster
+    )
 }
 
 fn header<'a>(resp: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<&'a str> {

@@ -26,14 +26,17 @@ use crate::settings::Settings;
 ///
 /// `pg_wal` is the directory of the file PostgreSQL names (`%p`), made absolute.
 pub fn dir(settings: &Settings, cluster: &str, pg_wal: &Path) -> io::Result<PathBuf> {
+    let uid = fs::metadata("/proc/self")?.uid();
     if let Some(dir) = &settings.spool_dir {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // Spooled WAL and acknowledgement records are the cluster's data: an explicit
+        // directory others can read or write is not used.
+        ensure_private(dir, uid)?;
         return Ok(dir.clone());
     }
-    let uid = fs::metadata("/proc/self")?.uid();
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -46,14 +49,7 @@ pub fn dir(settings: &Settings, cluster: &str, pg_wal: &Path) -> io::Result<Path
     }
     // In a shared /tmp, someone else may have made the directory first: use it only if it is
     // a real directory of ours that nobody else can write to.
-    let meta = fs::symlink_metadata(&base)?;
-    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
-        return Err(io::Error::other(format!(
-            "{} is not a private directory of uid {uid} (mode 0700); remove it or pass \
-             --spool-dir",
-            base.display()
-        )));
-    }
+    ensure_private(&base, uid)?;
     let absolute = fs::canonicalize(pg_wal)?;
     let mut h = Sha256::new();
     h.update(absolute.as_os_str().as_encoded_bytes());
@@ -69,6 +65,20 @@ pub fn dir(settings: &Settings, cluster: &str, pg_wal: &Path) -> io::Result<Path
         Err(e) => return Err(e),
     }
     Ok(dir)
+}
+
+/// Refuses a directory that is not a real directory of `uid` closed to everyone else.
+fn ensure_private(dir: &Path, uid: u32) -> io::Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is not a private directory of uid {uid} (mode {:o}, wanted 0700): not used; \
+             chmod 700 it, or remove it, or pass another --spool-dir",
+            dir.display(),
+            meta.permissions().mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// A sub-directory of the state directory, created (0700) if missing.
@@ -128,4 +138,32 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(spool: &Path) -> Settings {
+        let mut s = Settings::resolve(&crate::args::GlobalArgs::default()).expect("settings");
+        s.spool_dir = Some(spool.to_path_buf());
+        s
+    }
+
+    #[test]
+    fn an_explicit_spool_dir_open_to_others_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = dir.path().join("spool");
+        // Created by us: 0700, used.
+        assert_eq!(
+            super::dir(&settings(&spool), "main", dir.path()).expect("private"),
+            spool
+        );
+        let mode = fs::metadata(&spool).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // Opened to others: refused, with what to do.
+        fs::set_permissions(&spool, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let e = super::dir(&settings(&spool), "main", dir.path()).expect_err("refused");
+        assert!(e.to_string().contains("chmod 700"), "{e}");
+    }
 }

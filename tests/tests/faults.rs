@@ -1,0 +1,365 @@
+//! Faults and bad inputs: what bad luck and a careless or hostile client can do, and what the
+//! archive promises in each case. Every test here drives the real binaries; the ones that need
+//! WAL take it from real PostgreSQL 15.
+//!
+//! The promises (DESIGN §4, §7):
+//! - **No acknowledged file is ever lost or unservable.** `push` exits 0 only for a file the
+//!   server can serve back byte for byte, whatever happens to the server, its storage or the
+//!   body on the way.
+//! - **An exit code tells PostgreSQL the truth.** `fetch` exits 1 only when the archive itself
+//!   says, in its own error body, that the cluster has no such file. Everything else (an
+//!   unreadable config or CA file, bad arguments, a wrong URL, a proxy, an unknown cluster)
+//!   exits 1 in standby mode and 255 in archive recovery, so recovery never ends early at the
+//!   wrong point. `push` exits non-zero on every failure.
+//! - **Private.** The server's data directory and everything in it are owner-only whatever the
+//!   umask; one found open to others is closed at start.
+//!
+//! Tests:
+//! - `fetch_exit_codes_tell_the_truth`: 8 kinds of failure × standby and archive recovery,
+//!   and the one true "no such file".
+//! - `push_fails_loudly_on_setup_errors`: an unreadable config, a bad CA file, bad arguments.
+//! - `the_data_directory_is_owner_only`: a data directory made 0755 before start, a server
+//!   started under umask 022: every directory 0700 and file 0600 after pushes.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use wal_archive_e2e::{list_files, Cli, Output, Server, TestDir, WalFactory};
+
+fn expect_exit(out: &Output, code: i32, what: &str) -> Result<()> {
+    ensure!(
+        out.code == Some(code),
+        "{what}: expected exit {code}, got {}",
+        out.describe()
+    );
+    Ok(())
+}
+
+/// An HTTP server on loopback that answers every request with `status` and `body` (JSON), as a
+/// proxy or another service at the archive's URL might. Stops when dropped.
+struct FakeHttp {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeHttp {
+    fn start(status: &'static str, body: &'static str) -> Result<FakeHttp> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 4096];
+                        let _ = conn.read(&mut buf);
+                        let reply = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = conn.write_all(reply.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(FakeHttp {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FakeHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ensure_nothing_in(dir: &Path) -> Result<()> {
+    let left = list_files(dir)?;
+    ensure!(left.is_empty(), "files left in {}: {left:?}", dir.display());
+    Ok(())
+}
+
+/// One way for `fetch` to go wrong, and the exit code it must give in each mode.
+struct Case<'a> {
+    what: &'a str,
+    global: Vec<&'a str>,
+    cluster: &'a str,
+    extra: Vec<&'a str>,
+    in_standby: i32,
+    in_recovery: i32,
+}
+
+#[test]
+fn fetch_exit_codes_tell_the_truth() -> Result<()> {
+    let dir = TestDir::new("fetch-truth")?;
+    let server = Server::start(&dir)?;
+    let factory = WalFactory::start(&dir, "pg")?;
+    let names = factory.make_segments(1)?;
+    let cli = Cli::new(&dir)?;
+    cli.run_ok([
+        "--url",
+        &server.url(),
+        "push",
+        "--cluster",
+        "main",
+        &factory.path(&names[0]).to_string_lossy(),
+    ])?;
+    let standby_dir = dir.subdir("standby-pgdata")?;
+    std::fs::write(standby_dir.join("standby.signal"), "")?;
+    let recovery_dir = dir.subdir("recovery-pgdata")?;
+    std::fs::write(recovery_dir.join("recovery.signal"), "")?;
+    let dest_dir = dir.subdir("dest")?;
+    let dest = dest_dir.join("RECOVERYXLOG").to_string_lossy().into_owned();
+    let missing_config = dir.path().join("no-such-client.toml");
+    let bad_pem = dir.path().join("bad-ca.pem");
+    std::fs::write(&bad_pem, "-----BEGIN CERTIFICATE-----\nnot base64 !!\n")?;
+    // Another service answering 404 in the archive's own words, but not for this cluster.
+    let proxy = FakeHttp::start(
+        "404 Not Found",
+        r#"{"error":"not_found","message":"no route"}"#,
+    )?;
+    let url = server.url();
+    let prefixed = format!("{url}/archive");
+    let next_name = wal_archive_e2e::segment_offset(&names[0], 1, wal_archive_e2e::SEG_SIZE)?;
+
+    let missing_config_arg = missing_config.to_string_lossy().into_owned();
+    let bad_pem_arg = bad_pem.to_string_lossy().into_owned();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let proxy_url = proxy.url();
+    let cases = [
+        Case {
+            what: "the archive has no such file",
+            global: vec!["--url", &url],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 1,
+        },
+        Case {
+            what: "an unknown cluster",
+            global: vec!["--url", &url],
+            cluster: "mian",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "a wrong path prefix",
+            global: vec!["--url", &prefixed],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "a proxy's 404",
+            global: vec!["--url", &proxy_url],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "a config file that does not exist",
+            global: vec!["--url", &url, "--config", &missing_config_arg],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "a config file that is a directory",
+            global: vec!["--url", &url, "--config", &dir_arg],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "a CA file that does not exist",
+            global: vec!["--url", &url, "--ca-file", &missing_config_arg],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "a CA file that is not PEM",
+            global: vec!["--url", &url, "--ca-file", &bad_pem_arg],
+            cluster: "main",
+            extra: vec![],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+        Case {
+            what: "an unknown option",
+            global: vec!["--url", &url],
+            cluster: "main",
+            extra: vec!["--no-such-option"],
+            in_standby: 1,
+            in_recovery: 255,
+        },
+    ];
+    for Case {
+        what,
+        global,
+        cluster,
+        extra,
+        in_standby,
+        in_recovery,
+    } in cases
+    {
+        for (mode, pgdata, want) in [
+            ("standby mode", &standby_dir, in_standby),
+            ("archive recovery", &recovery_dir, in_recovery),
+        ] {
+            let mut args: Vec<&str> = global.clone();
+            args.extend(["--retry-for", "1", "fetch", "--cluster", cluster]);
+            args.extend([next_name.as_str(), dest.as_str()]);
+            args.extend(extra.iter().copied());
+            let out = cli.clone().cwd(pgdata).run(&args)?;
+            expect_exit(&out, want, &format!("fetch with {what}, in {mode}"))?;
+            ensure!(
+                out.elapsed < Duration::from_secs(10),
+                "fetch with {what} took {:?}",
+                out.elapsed
+            );
+            ensure_nothing_in(&dest_dir)?;
+        }
+    }
+    // And the file that is there still comes back.
+    cli.clone().cwd(&recovery_dir).run_ok([
+        "--url",
+        &url,
+        "fetch",
+        "--cluster",
+        "main",
+        &names[0],
+        &dest,
+    ])?;
+    ensure!(std::fs::read(&dest)? == factory.read(&names[0])?);
+    Ok(())
+}
+
+#[test]
+fn push_fails_loudly_on_setup_errors() -> Result<()> {
+    let dir = TestDir::new("push-setup")?;
+    let server = Server::start(&dir)?;
+    let factory = WalFactory::start(&dir, "pg")?;
+    let names = factory.make_segments(1)?;
+    let path = factory.path(&names[0]).to_string_lossy().into_owned();
+    let cli = Cli::new(&dir)?;
+    let url = server.url();
+    let missing = dir
+        .path()
+        .join("missing.toml")
+        .to_string_lossy()
+        .into_owned();
+    for (what, args) in [
+        (
+            "a config file that does not exist",
+            vec!["--url", &url, "--config", &missing, "push"],
+        ),
+        (
+            "a CA file that does not exist",
+            vec!["--url", &url, "--ca-file", &missing, "push"],
+        ),
+        ("an unknown option", vec!["--url", &url, "push", "--bogus"]),
+    ] {
+        let mut args = args.clone();
+        args.extend(["--cluster", "main", path.as_str()]);
+        let out = cli.run(&args)?;
+        ensure!(!out.success(), "push with {what} exited 0");
+        ensure!(
+            out.code.is_some_and(|c| (1..=125).contains(&c)),
+            "push with {what}: exit {:?}, wanted 1..=125 so PostgreSQL keeps and retries",
+            out.code
+        );
+    }
+    ensure!(
+        server
+            .api()
+            .wal_names("main", None)
+            .unwrap_or_default()
+            .is_empty(),
+        "nothing was stored"
+    );
+    Ok(())
+}
+
+/// Every path under `root` with its permission bits.
+fn modes(root: &Path) -> Result<Vec<(String, u32, bool)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let meta = std::fs::symlink_metadata(e.path())?;
+            let mode = meta.permissions().mode() & 0o7777;
+            out.push((e.path().display().to_string(), mode, meta.is_dir()));
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn the_data_directory_is_owner_only() -> Result<()> {
+    let dir = TestDir::new("private")?;
+    let mut server = Server::prepare(&dir, None)?;
+    std::fs::create_dir_all(server.data_dir())?;
+    std::fs::set_permissions(server.data_dir(), std::fs::Permissions::from_mode(0o755))?;
+    // The server is started under umask 022, as an unconfigured service would be.
+    server.start_again_with_umask(0o022)?;
+    let factory = WalFactory::start(&dir, "pg")?;
+    let cli = server.cli()?;
+    for name in factory.make_segments(2)? {
+        cli.run_ok([
+            "push",
+            "--cluster",
+            "main",
+            &factory.path(&name).to_string_lossy(),
+        ])?;
+    }
+    let top = std::fs::metadata(server.data_dir())?.permissions().mode() & 0o7777;
+    ensure!(top == 0o700, "data directory mode {top:o}");
+    ensure!(
+        server.log().contains("it is now 0700"),
+        "the server says it closed the directory"
+    );
+    let all = modes(server.data_dir())?;
+    ensure!(all.len() > 5, "{all:?}");
+    for (path, mode, is_dir) in all {
+        ensure!(
+            mode & 0o077 == 0,
+            "{path} is {mode:o}: open to others ({})",
+            if is_dir { "directory" } else { "file" }
+        );
+    }
+    Ok(())
+}
