@@ -13,6 +13,11 @@ pub const CONTENT_XXH3_HEADER: &str = "x-content-xxh3";
 /// Header carrying the uncompressed size of a file served by `GET`/`HEAD`.
 pub const CONTENT_SIZE_HEADER: &str = "x-content-size";
 
+/// Header on every response: the identity of the archive instance that answered, created with
+/// its storage. The helper trusts what it recorded of an earlier answer (an acknowledgement) only
+/// from the same instance: a server rolled back or replaced at the same URL is another one.
+pub const INSTANCE_HEADER: &str = "x-wal-archive-instance";
+
 /// The JSON body of every error response.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {

@@ -73,7 +73,14 @@ pub async fn open(
             config.catalog_path().display()
         )
     })?;
-    let archive = Archive { catalog, blobs };
+    let instance = wal::archive::instance_identity(&*blobs)
+        .await
+        .context("reading the archive's identity from storage")?;
+    let archive = Archive {
+        catalog,
+        blobs,
+        instance: instance.into(),
+    };
     // Before reconciliation: it would re-index the objects of WAL an interrupted retention run
     // planned to remove, or report as missing those it had removed already.
     jobs::retention::resume(&archive)

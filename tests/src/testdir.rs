@@ -206,6 +206,15 @@ impl TestDir {
         Ok(path)
     }
 
+    /// A fresh subdirectory `name` (mode 0700), owned by us: what the helper accepts as a
+    /// `--spool-dir`.
+    pub fn private_subdir(&self, name: &str) -> Result<PathBuf> {
+        let path = self.path().join(name);
+        std::fs::create_dir_all(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        Ok(path)
+    }
+
     /// A fresh subdirectory `name` (mode 0700) owned by the PostgreSQL user.
     pub fn pg_subdir(&self, name: &str) -> Result<PathBuf> {
         let path = self.path().join(name);

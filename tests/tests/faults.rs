@@ -20,6 +20,10 @@
 //! - `push_fails_loudly_on_setup_errors`: an unreadable config, a bad CA file, bad arguments.
 //! - `the_data_directory_is_owner_only`: a data directory made 0755 before start, a server
 //!   started under umask 022: every directory 0700 and file 0600 after pushes.
+//! - `a_server_replaced_under_a_client_gets_every_file`: look-ahead records made against one
+//!   archive are never taken for an acknowledgement by the new archive at the same URL (its
+//!   storage replaced, as by a restored VM snapshot or a rebuilt host): every file is sent again
+//!   and the new archive serves them all.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -359,6 +363,76 @@ fn the_data_directory_is_owner_only() -> Result<()> {
             mode & 0o077 == 0,
             "{path} is {mode:o}: open to others ({})",
             if is_dir { "directory" } else { "file" }
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_server_replaced_under_a_client_gets_every_file() -> Result<()> {
+    let dir = TestDir::new("replaced")?;
+    let mut server = Server::start(&dir)?;
+    let factory = WalFactory::start(&dir, "pg")?;
+    let names = factory.make_segments(4)?;
+    let pg_wal = dir.subdir("pg_wal")?;
+    std::fs::create_dir_all(pg_wal.join("archive_status"))?;
+    for name in &names {
+        std::fs::copy(factory.path(name), pg_wal.join(name))?;
+        std::fs::write(pg_wal.join(format!("archive_status/{name}.ready")), "")?;
+    }
+    let state = dir.private_subdir("state")?;
+    let cli = Cli::new(&dir)?;
+    let url = server.url();
+    let push = |name: &str| {
+        cli.run([
+            "--url",
+            &url,
+            "--spool-dir",
+            &state.to_string_lossy(),
+            "--look-ahead",
+            "16",
+            "push",
+            "--cluster",
+            "main",
+            &pg_wal.join(name).to_string_lossy(),
+        ])
+    };
+    let first = push(&names[0])?;
+    ensure!(first.success(), "{}", first.describe());
+    std::fs::rename(
+        pg_wal.join(format!("archive_status/{}.ready", names[0])),
+        pg_wal.join(format!("archive_status/{}.done", names[0])),
+    )?;
+    for name in &names[1..] {
+        ensure!(
+            state.join("acks").join(name).exists(),
+            "no acknowledgement record for {name}: {}",
+            first.describe()
+        );
+    }
+    // The archive is replaced at the same URL: same port, new storage.
+    server.stop()?;
+    std::fs::remove_dir_all(server.data_dir())?;
+    server.start_again()?;
+    for name in &names[1..] {
+        let out = push(name)?;
+        ensure!(out.success(), "{}", out.describe());
+        ensure!(
+            !out.stderr.contains("already acknowledged"),
+            "{name} was taken as acknowledged by the new archive: {}",
+            out.describe()
+        );
+    }
+    let held = server.api().wal_names("main", None)?;
+    for name in &names[1..] {
+        ensure!(
+            held.contains(name),
+            "the new archive lacks {name}: {held:?}"
+        );
+        let r = server.api().get_wal("main", name, None)?;
+        ensure!(
+            r.status == 200 && r.body == factory.read(name)?,
+            "{name} served back"
         );
     }
     Ok(())

@@ -72,7 +72,7 @@ fn a_stale_record_never_yields_a_false_zero() -> Result<()> {
     for name in &a_names {
         add_ready(&pg_wal, &a.path(name), name)?;
     }
-    let state = dir.subdir("state")?;
+    let state = dir.private_subdir("state")?;
     let cli = Cli::new(&dir)?;
     let push = |name: &str| -> Result<wal_archive_e2e::Output> {
         cli.run([
@@ -262,7 +262,7 @@ fn a_compressed_push_stores_the_same_bytes() -> Result<()> {
     for name in &names {
         add_ready(&pg_wal, &factory.path(name), name)?;
     }
-    let state = dir.subdir("state")?;
+    let state = dir.private_subdir("state")?;
     let out = Cli::new(&dir)?.run_ok([
         "--url",
         &server.url(),

@@ -127,7 +127,7 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
     archive_all(&cli, &url, &factory, &names)?;
 
     let pg_wal = dir.subdir("restore-pg_wal")?;
-    let state = dir.subdir("state")?;
+    let state = dir.private_subdir("state")?;
     let dest = pg_wal.join("RECOVERYXLOG");
     let fetch = |name: &str| {
         cli.run([
@@ -250,7 +250,7 @@ fn one_worker_per_spool_that_exits_when_idle() -> Result<()> {
     archive_all(&cli, &url, &factory, &names)?;
 
     let pg_wal = dir.subdir("restore-pg_wal")?;
-    let state = dir.subdir("state")?;
+    let state = dir.private_subdir("state")?;
     let spool = state.join("spool");
     let fetch_args = |name: &str, dest: &Path| -> Result<Vec<String>> {
         Ok([

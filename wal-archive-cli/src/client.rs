@@ -56,6 +56,9 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// The zstd window of compressed uploads: 8 MiB, the most the server accepts.
+const UPLOAD_WINDOW_LOG: u32 = 23;
+
 pub struct Client {
     pub settings: Settings,
     agent: ureq::Agent,
@@ -114,6 +117,13 @@ impl Client {
         req.call().map_err(transport_failure)
     }
 
+    /// `HEAD`: headers only.
+    pub fn head(&self, path: &str) -> Result<Response<Body>, Failure> {
+        self.authorize(self.agent.head(self.url(path)))
+            .call()
+            .map_err(transport_failure)
+    }
+
     /// `POST` with a JSON body.
     pub fn post_json<T: serde::Serialize>(
         &self,
@@ -154,6 +164,13 @@ impl Client {
         if compress_level > 0 {
             let mut encoder = zstd::stream::read::Encoder::new(file, compress_level)
                 .map_err(|e| Failure::Fatal(format!("cannot start compression: {e}")))?;
+            // The server decodes uploads with at most an 8 MiB window; levels 20 to 22 would
+            // ask for more (zstd's table of levels), the others use less and are left alone.
+            if compress_level >= 20 {
+                encoder
+                    .window_log(UPLOAD_WINDOW_LOG)
+                    .map_err(|e| Failure::Fatal(format!("cannot set the zstd window: {e}")))?;
+            }
             req.header("Content-Encoding", "zstd")
                 .send(ureq::SendBody::from_reader(&mut encoder))
                 .map_err(transport_failure)

@@ -206,6 +206,7 @@ mod tests {
         let archive = crate::wal::archive::Archive {
             catalog: crate::catalog::Catalog::open(&dir.path().join("c.db")).expect("catalog"),
             blobs: std::sync::Arc::new(ObjectStoreBlobs::local(dir.path()).expect("store")),
+            instance: "test".into(),
         };
         // Incompressible, so that it spills past SPILL_BYTES.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;

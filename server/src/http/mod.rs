@@ -47,12 +47,23 @@ impl std::ops::Deref for HttpState {
 }
 
 pub fn router(app: Arc<AppState>, auth: auth::Authorizer) -> Router {
+    let instance = axum::http::HeaderValue::from_str(&app.archive.instance)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid"));
     Router::new()
         .merge(metrics::routes())
         .merge(wal::routes())
         .merge(backup::routes())
         .merge(ops::routes())
         .with_state(Arc::new(HttpState { app, auth }))
+        // Every answer names the archive instance that gave it (see `INSTANCE_HEADER`).
+        .layer(axum::middleware::map_response(move |mut r: Response| {
+            let instance = instance.clone();
+            async move {
+                r.headers_mut()
+                    .insert(pgwal::api::INSTANCE_HEADER, instance);
+                r
+            }
+        }))
 }
 
 /// An error response: status, stable kind, message for a person.

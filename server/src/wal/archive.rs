@@ -107,6 +107,64 @@ pub struct Upload<S> {
 pub struct Archive {
     pub catalog: Catalog,
     pub blobs: Arc<dyn BlobStore>,
+    /// This archive's identity, created with its storage ([`instance_identity`]).
+    pub instance: Arc<str>,
+}
+
+/// Where the archive's identity is stored.
+pub const INSTANCE_KEY: &str = "meta/instance";
+
+/// The identity of the archive whose storage this is: read from [`INSTANCE_KEY`], or created
+/// there (128 random bits, in hex) when storage has none, never overwritten. A server on new
+/// storage, or on storage restored from an older copy without it, is another instance.
+pub async fn instance_identity(blobs: &dyn BlobStore) -> Result<String, ArchiveError> {
+    for _ in 0..3 {
+        if blobs
+            .head(INSTANCE_KEY)
+            .await
+            .map_err(ArchiveError::from_storage)?
+            .is_some()
+        {
+            let mut stream = blobs
+                .get(INSTANCE_KEY)
+                .await
+                .map_err(ArchiveError::from_storage)?;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk.map_err(ArchiveError::from_storage)?);
+                if bytes.len() > 64 {
+                    break;
+                }
+            }
+            let id = String::from_utf8_lossy(&bytes).trim().to_string();
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ArchiveError::Corrupt(format!(
+                    "{INSTANCE_KEY} in storage holds {id:?}, not an archive identity"
+                )));
+            }
+            return Ok(id);
+        }
+        let mut random = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .map_err(|e| ArchiveError::Storage(format!("cannot read /dev/urandom: {e}")))?;
+        let id = hex::encode(random);
+        let mut up = blobs
+            .begin_put(INSTANCE_KEY)
+            .await
+            .map_err(ArchiveError::from_storage)?;
+        if let Err(e) = up.write(format!("{id}\n").as_bytes()).await {
+            up.abort().await;
+            return Err(ArchiveError::from_storage(e));
+        }
+        if up.commit().await.map_err(ArchiveError::from_storage)? == PutOutcome::Created {
+            return Ok(id);
+        }
+        // Another server created it first: read that one.
+    }
+    Err(ArchiveError::Storage(format!(
+        "cannot read or create {INSTANCE_KEY}"
+    )))
 }
 
 /// The storage key of a WAL file: segments grouped 256 MiB..4 GiB per directory by their
@@ -952,6 +1010,29 @@ impl Archive {
             .map_err(|e| ArchiveError::Corrupt(format!("stored object {key}: {e}")))?;
         }
         Ok(out)
+    }
+
+    /// The row of a file the archive holds now: cataloged, its object present and intact by its
+    /// trailer and size (as before a 200 to a `PUT`). `None` when it is not cataloged; an error
+    /// when its object is missing or damaged.
+    pub async fn held(
+        &self,
+        cluster: &str,
+        name: &WalFileName,
+    ) -> Result<Option<WalRow>, ArchiveError> {
+        let Some(row) = self.catalog.wal(cluster, &name.to_string()).await? else {
+            return Ok(None);
+        };
+        match self.object_state(&row).await? {
+            ObjectState::Intact => Ok(Some(row)),
+            ObjectState::Missing => Err(ArchiveError::MissingObject(format!(
+                "{name} is cataloged but its object {} is missing from storage",
+                row.object_key
+            ))),
+            ObjectState::Damaged(why) => Err(ArchiveError::Corrupt(format!(
+                "the stored object of {name} is damaged: {why}"
+            ))),
+        }
     }
 
     /// Looks a file up and re-verifies the stored object end to end (decompress + SHA-256)

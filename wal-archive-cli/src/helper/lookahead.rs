@@ -18,7 +18,12 @@
 //!   (computed now) and size equal the recorded ones. XXH3-128 is not cryptographic, but what it
 //!   guards against is accident (a restored or re-initialised cluster reusing the name), not
 //!   forgery: a 128-bit match of different WAL by chance is out of reach. The server still
-//!   stores and checks the SHA-256 of what it received.
+//!   stores and checks the SHA-256 of what it received; and
+//! - the server still holds the file now: a `HEAD` answered 200 by the same archive instance
+//!   (`X-Wal-Archive-Instance`, recorded from the acknowledgement), with the recorded XXH3-128
+//!   and size. The server answers 200 only for a cataloged file whose object is present and
+//!   intact, as for a `PUT`. A server rolled back (a VM snapshot) or replaced at the same URL,
+//!   or one that lost the object since, is never trusted on the record's word.
 //!
 //! Otherwise the record is deleted and the file is pushed normally (201/200, or the server's
 //! 409/422 → exit 1). A record is deleted once used. The server checks `X-Content-Xxh3`
@@ -40,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use pgwal::api::PutResponse;
+use pgwal::api::{PutResponse, CONTENT_SIZE_HEADER, CONTENT_XXH3_HEADER, INSTANCE_HEADER};
 use pgwal::checksum::Xxh3;
 use pgwal::name::{WalFileKind, WalFileName};
 use serde::{Deserialize, Serialize};
@@ -63,6 +68,9 @@ struct Record {
     stored_size: u64,
     identity: Identity,
     acknowledged_at: u64,
+    /// The archive instance that acknowledged the file (`X-Wal-Archive-Instance`).
+    #[serde(default)]
+    instance: Option<String>,
 }
 
 /// What a record says about the file PostgreSQL asked to push.
@@ -74,19 +82,21 @@ pub enum Check {
 }
 
 /// The acknowledgement records of one (pg_wal, server, cluster).
-pub struct Records {
+pub struct Records<'c> {
+    client: &'c Client,
     dir: PathBuf,
     url: String,
     cluster: String,
 }
 
-impl Records {
+impl<'c> Records<'c> {
     /// Opens (creating) `STATE/acks`; `None` (logged) when the state directory is unusable.
-    pub fn open(client: &Client, cluster: &str, pg_wal: &Path) -> Option<Records> {
+    pub fn open(client: &'c Client, cluster: &str, pg_wal: &Path) -> Option<Records<'c>> {
         let opened =
             state::dir(&client.settings, cluster, pg_wal).and_then(|d| state::subdir(&d, "acks"));
         match opened {
             Ok(dir) => Some(Records {
+                client,
                 dir,
                 url: client.settings.url.clone(),
                 cluster: cluster.to_string(),
@@ -163,21 +173,70 @@ impl Records {
         };
         let identity = Identity::of_path(path)
             .map_err(|e| Failure::Fatal(format!("cannot stat {}: {e}", path.display())))?;
-        if identity == record.identity {
-            return Ok(Check::Acknowledged(acknowledged()));
+        let mut hashed = None;
+        let same = identity == record.identity || {
+            // Another inode or changed times: only the bytes can tell.
+            let (xxh3, size) = hash_file(path)?;
+            let same = xxh3.eq_ignore_ascii_case(&record.xxh3) && size == record.size;
+            hashed = Some(xxh3);
+            same
+        };
+        if same {
+            return Ok(match self.still_held(name, &record) {
+                Ok(()) => Check::Acknowledged(acknowledged()),
+                Err(why) => {
+                    eprintln!(
+                        "wal-archive push: {name}: an earlier look-ahead sent it, but {why}; \
+                         pushing it"
+                    );
+                    Check::Push { xxh3: hashed }
+                }
+            });
         }
-        // Another inode or changed times: only the bytes can tell.
-        let (xxh3, size) = hash_file(path)?;
-        if xxh3.eq_ignore_ascii_case(&record.xxh3) && size == record.size {
-            Ok(Check::Acknowledged(acknowledged()))
-        } else {
-            eprintln!(
-                "wal-archive push: {name}: the file differs from what an earlier look-ahead \
-                 sent (XXH3-128 {xxh3}, recorded {}); pushing it",
-                record.xxh3
-            );
-            Ok(Check::Push { xxh3: Some(xxh3) })
+        let xxh3 = hashed.unwrap_or_default();
+        eprintln!(
+            "wal-archive push: {name}: the file differs from what an earlier look-ahead sent \
+             (XXH3-128 {xxh3}, recorded {}); pushing it",
+            record.xxh3
+        );
+        Ok(Check::Push { xxh3: Some(xxh3) })
+    }
+
+    /// Whether the server holds `name` now, as `record` says it was acknowledged: a `HEAD`
+    /// answered 200 by the same archive instance with the same XXH3-128 and size.
+    fn still_held(&self, name: &WalFileName, record: &Record) -> Result<(), String> {
+        let Some(instance) = record.instance.as_deref() else {
+            return Err("the record names no archive instance".into());
+        };
+        let resp = self
+            .client
+            .head(&format!("/v1/clusters/{}/wal/{name}", self.cluster))
+            .map_err(|e| format!("the server cannot confirm it ({e})"))?;
+        let header = |h: &str| {
+            resp.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        };
+        if resp.status().as_u16() != 200 {
+            return Err(format!(
+                "the server does not hold it now (HTTP {})",
+                resp.status()
+            ));
         }
+        if header(INSTANCE_HEADER).as_deref() != Some(instance) {
+            return Err(format!(
+                "the archive at {} is not the instance that acknowledged it",
+                self.url
+            ));
+        }
+        let size = header(CONTENT_SIZE_HEADER).and_then(|v| v.parse::<u64>().ok());
+        if header(CONTENT_XXH3_HEADER).as_deref() != Some(record.xxh3.as_str())
+            || size != Some(record.size)
+        {
+            return Err("the server holds other bytes under that name".into());
+        }
+        Ok(())
     }
 
     fn write(&self, record: &Record) -> std::io::Result<()> {
@@ -227,7 +286,7 @@ pub struct Batch<'a> {
     client: &'a Client,
     cluster: &'a str,
     pg_wal: &'a Path,
-    records: &'a Records,
+    records: &'a Records<'a>,
     queue: Mutex<std::vec::IntoIter<WalFileName>>,
     stop: &'a AtomicBool,
     deadline: Instant,
@@ -239,7 +298,7 @@ impl<'a> Batch<'a> {
         cluster: &'a str,
         pg_wal: &'a Path,
         names: Vec<WalFileName>,
-        records: &'a Records,
+        records: &'a Records<'a>,
         stop: &'a AtomicBool,
         deadline: Instant,
     ) -> Batch<'a> {
@@ -301,6 +360,11 @@ fn push_one_ahead(
     let file = File::open(&path)
         .map_err(|e| Failure::Fatal(format!("cannot open {}: {e}", path.display())))?;
     let mut resp = client.put_file(&url_path, &file, &xxh3, client.settings.compress_level)?;
+    let instance = resp
+        .headers()
+        .get(INSTANCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
     let put = match resp.status().as_u16() {
         200 | 201 => resp
             .body_mut()
@@ -333,6 +397,7 @@ fn push_one_ahead(
         stored_size: put.stored_size,
         identity: before,
         acknowledged_at: state::now_secs(),
+        instance,
     };
     records
         .write(&record)
@@ -372,6 +437,26 @@ mod tests {
         Client::new(settings).expect("client")
     }
 
+    /// A server on loopback that answers every request with `status` and the file headers of
+    /// `xxh3`/`size` from archive instance `instance`.
+    fn fake_archive(status: u16, instance: &str, xxh3: &str, size: u64) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\n{INSTANCE_HEADER}: {instance}\r\n{CONTENT_XXH3_HEADER}: \
+             {xxh3}\r\n{CONTENT_SIZE_HEADER}: {size}\r\nContent-Length: 0\r\n\r\n"
+        );
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        });
+        url
+    }
+
     #[test]
     fn a_record_counts_only_for_the_same_bytes_server_and_cluster() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -380,9 +465,11 @@ mod tests {
         let name: WalFileName = "000000010000000000000003".parse().expect("name");
         let path = pg_wal.join(name.to_string());
         fs::write(&path, b"first bytes").expect("write");
-        let c = client(&dir.path().join("state"), "http://a");
-        let records = Records::open(&c, "main", &pg_wal).expect("records");
         let (xxh3, size) = hash_file(&path).expect("hash");
+        let instance = "ab".repeat(16);
+        let url = fake_archive(200, &instance, &xxh3, size);
+        let c = client(&dir.path().join("state"), &url);
+        let records = Records::open(&c, "main", &pg_wal).expect("records");
         let record = |url: &str, cluster: &str| Record {
             url: url.into(),
             cluster: cluster.into(),
@@ -393,24 +480,33 @@ mod tests {
             stored_size: 1,
             identity: Identity::of_path(&path).expect("stat"),
             acknowledged_at: state::now_secs(),
+            instance: Some(instance.clone()),
         };
-        // Same file: trusted, then consumed.
-        records.write(&record("http://a", "main")).expect("write");
+        // Same file, and the same archive instance holds it: trusted, then consumed.
+        records.write(&record(&url, "main")).expect("write");
         assert!(matches!(
             records.check(&name, &path).expect("check"),
             Check::Acknowledged(_)
         ));
         assert!(!records.has(&name));
         // Another server or cluster: never.
-        for (u, c) in [("http://b", "main"), ("http://a", "other")] {
+        for (u, c) in [("http://b", "main"), (url.as_str(), "other")] {
             records.write(&record(u, c)).expect("write");
             assert!(matches!(
                 records.check(&name, &path).expect("check"),
                 Check::Push { .. }
             ));
         }
+        // A record from before instances were recorded: never.
+        let mut r = record(&url, "main");
+        r.instance = None;
+        records.write(&r).expect("write");
+        assert!(matches!(
+            records.check(&name, &path).expect("check"),
+            Check::Push { .. }
+        ));
         // Same name, new file with other bytes (new inode): pushed.
-        records.write(&record("http://a", "main")).expect("write");
+        records.write(&record(&url, "main")).expect("write");
         fs::remove_file(&path).expect("rm");
         fs::write(&path, b"other bytes").expect("write");
         assert!(matches!(
@@ -419,12 +515,61 @@ mod tests {
         ));
         // Same bytes in a new file (new inode): trusted after hashing.
         fs::write(&path, b"first bytes").expect("write");
-        let mut r = record("http://a", "main");
+        let mut r = record(&url, "main");
         r.identity.ino = r.identity.ino.wrapping_add(1);
         records.write(&r).expect("write");
         assert!(matches!(
             records.check(&name, &path).expect("check"),
             Check::Acknowledged(_)
         ));
+    }
+
+    /// A server rolled back or replaced at the same URL is another instance, or no longer holds
+    /// the file: the record is not trusted, the file is pushed.
+    #[test]
+    fn a_record_counts_only_while_the_same_instance_holds_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg_wal = dir.path().join("pg_wal");
+        fs::create_dir_all(pg_wal.join("archive_status")).expect("mkdir");
+        let name: WalFileName = "000000010000000000000004".parse().expect("name");
+        let path = pg_wal.join(name.to_string());
+        fs::write(&path, b"some bytes").expect("write");
+        let (xxh3, size) = hash_file(&path).expect("hash");
+        let ours = "cd".repeat(16);
+        for (what, url) in [
+            (
+                "another instance",
+                fake_archive(200, &"ef".repeat(16), &xxh3, size),
+            ),
+            ("the file is gone", fake_archive(404, &ours, &xxh3, size)),
+            (
+                "other bytes",
+                fake_archive(200, &ours, &"00".repeat(16), size),
+            ),
+        ] {
+            let c = client(&dir.path().join("state"), &url);
+            let records = Records::open(&c, "main", &pg_wal).expect("records");
+            records
+                .write(&Record {
+                    url: url.clone(),
+                    cluster: "main".into(),
+                    name: name.to_string(),
+                    xxh3: xxh3.clone(),
+                    sha256: "0".repeat(64),
+                    size,
+                    stored_size: 1,
+                    identity: Identity::of_path(&path).expect("stat"),
+                    acknowledged_at: state::now_secs(),
+                    instance: Some(ours.clone()),
+                })
+                .expect("write");
+            assert!(
+                matches!(
+                    records.check(&name, &path).expect("check"),
+                    Check::Push { .. }
+                ),
+                "{what}"
+            );
+        }
     }
 }
