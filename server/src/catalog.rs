@@ -1,7 +1,9 @@
 //! The SQLite catalog (schema in `migrations/`): an index over storage of clusters and WAL files.
 //!
-//! One connection behind a mutex; every call runs on the blocking pool so the async workers never
-//! wait on SQLite. The catalog is rebuildable from storage (see [`crate::wal::reconcile`]), which is
+//! One writing connection behind a mutex, and one reading connection beside it, so that queries
+//! (listings, `/metrics`, `check`) never wait behind ingest and ingest never waits behind them
+//! (WAL mode lets one writer and readers work at once); every call runs on the blocking pool so
+//! the async workers never wait on SQLite. The catalog is rebuildable from storage (see [`crate::wal::reconcile`]), which is
 //! why rows are written only after their object is durable.
 //!
 //! WAL rows are group-committed: [`Catalog::insert_wal`] queues its row, and whichever caller
@@ -60,6 +62,8 @@ pub struct WalStats {
     pub stored_bytes: u64,
     pub last_segment: Option<String>,
     pub last_archived_at: Option<String>,
+    /// Cataloged files whose object is missing from storage.
+    pub missing: u64,
 }
 
 /// Result of binding a cluster to a system identifier.
@@ -77,6 +81,7 @@ pub enum Binding {
 #[derive(Clone)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
     wal_queue: Arc<Mutex<Vec<QueuedWalRow>>>,
 }
 
@@ -91,6 +96,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0002_backups.sql")),
         M::up(include_str!("../../migrations/0003_jobs_retention.sql")),
         M::up(include_str!("../../migrations/0004_wal_xxh3.sql")),
+        M::up(include_str!("../../migrations/0005_wal_stats.sql")),
     ])
 }
 
@@ -106,10 +112,34 @@ impl Catalog {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         migrations().to_latest(&mut conn)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             wal_queue: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Runs the read-only query `f` on the reading connection (blocking pool): it sees every
+    /// transaction committed before it starts, and neither waits for nor holds up writers.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, CatalogError> + Send + 'static,
+    {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| CatalogError::Task("catalog reader lock poisoned".into()))?;
+            f(&guard)
+        })
+        .await
+        .map_err(|e| CatalogError::Task(e.to_string()))?
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -143,7 +173,7 @@ impl Catalog {
 
     pub async fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, CatalogError> {
         let name = name.to_string();
-        self.call(move |c| get_cluster(c, &name)).await
+        self.read(move |c| get_cluster(c, &name)).await
     }
 
     /// Binds `cluster` to a system identifier and segment size on first arrival; afterwards
@@ -216,7 +246,7 @@ impl Catalog {
 
     pub async fn wal(&self, cluster: &str, name: &str) -> Result<Option<WalRow>, CatalogError> {
         let (cluster, name) = (cluster.to_string(), name.to_string());
-        self.call(move |c| {
+        self.read(move |c| {
             Ok(c.query_row(
                 &format!("{WAL_SELECT} WHERE cluster = ?1 AND name = ?2"),
                 params![cluster, name],
@@ -229,7 +259,7 @@ impl Catalog {
 
     pub async fn list_wal(&self, cluster: &str) -> Result<Vec<WalRow>, CatalogError> {
         let cluster = cluster.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare(&format!("{WAL_SELECT} WHERE cluster = ?1 ORDER BY name"))?;
             let rows = stmt.query_map(params![cluster], wal_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -244,7 +274,7 @@ impl Catalog {
         kind: &'static str,
     ) -> Result<Vec<WalRow>, CatalogError> {
         let cluster = cluster.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare(&format!(
                 "{WAL_SELECT} WHERE cluster = ?1 AND kind = ?2 ORDER BY name"
             ))?;
@@ -277,16 +307,15 @@ impl Catalog {
         .await
     }
 
-    /// Per cluster: files, bytes, stored bytes, and the newest archived segment with its time.
+    /// Per cluster: files, bytes, stored bytes, and the newest archived segment with its time,
+    /// from the aggregates the triggers of `migrations/0005_wal_stats.sql` keep: one row per
+    /// cluster, however many WAL files.
     pub async fn wal_stats(&self) -> Result<Vec<WalStats>, CatalogError> {
-        self.call(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT cluster, count(*), coalesce(sum(size), 0), coalesce(sum(stored_size), 0),
-                        (SELECT name FROM wal_files w2 WHERE w2.cluster = w.cluster
-                           AND w2.kind = 'segment' ORDER BY archived_at DESC, name DESC LIMIT 1),
-                        (SELECT max(archived_at) FROM wal_files w3 WHERE w3.cluster = w.cluster
-                           AND w3.kind = 'segment')
-                 FROM wal_files w WHERE state = 'ok' GROUP BY cluster",
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT cluster, files, bytes, stored_bytes, last_segment, last_archived_at,
+                        missing
+                 FROM wal_stats ORDER BY cluster",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(WalStats {
@@ -296,9 +325,38 @@ impl Catalog {
                     stored_bytes: r.get(3)?,
                     last_segment: r.get(4)?,
                     last_archived_at: r.get(5)?,
+                    missing: r.get(6)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// [`Catalog::wal_stats`] of one cluster.
+    pub async fn cluster_stats(&self, cluster: &str) -> Result<Option<WalStats>, CatalogError> {
+        let cluster = cluster.to_string();
+        Ok(self
+            .wal_stats()
+            .await?
+            .into_iter()
+            .find(|s| s.cluster == cluster))
+    }
+
+    /// Up to `limit` names of a cluster's files whose object is missing.
+    pub async fn missing_wal(
+        &self,
+        cluster: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, CatalogError> {
+        let cluster = cluster.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM wal_files WHERE cluster = ?1 AND state <> 'ok'
+                 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![cluster, limit], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await
     }
@@ -475,6 +533,101 @@ mod tests {
             .expect("pragmas");
         assert_eq!(sync, 2, "synchronous = FULL");
         assert_eq!(journal, "wal");
+    }
+
+    type Stat = (String, u64, u64, u64, Option<String>, u64);
+
+    /// The aggregates counted over the rows.
+    async fn recount(c: &Catalog) -> Vec<Stat> {
+        c.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT cluster, sum(state = 'ok'),
+                        coalesce(sum(CASE WHEN state = 'ok' THEN size END), 0),
+                        coalesce(sum(CASE WHEN state = 'ok' THEN stored_size END), 0),
+                        (SELECT name FROM wal_files w WHERE w.cluster = f.cluster
+                           AND kind = 'segment' AND state = 'ok'
+                           ORDER BY archived_at DESC, name DESC LIMIT 1),
+                        sum(state <> 'ok')
+                 FROM wal_files f GROUP BY cluster ORDER BY cluster",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<Stat>, _>>()?)
+        })
+        .await
+        .expect("recount")
+    }
+
+    /// The aggregates the triggers keep, for clusters that have rows.
+    async fn kept(c: &Catalog) -> Vec<Stat> {
+        c.wal_stats()
+            .await
+            .expect("stats")
+            .into_iter()
+            .filter(|s| s.files + s.missing > 0)
+            .map(|s| {
+                (
+                    s.cluster,
+                    s.files,
+                    s.bytes,
+                    s.stored_bytes,
+                    s.last_segment,
+                    s.missing,
+                )
+            })
+            .collect()
+    }
+
+    /// The aggregates the triggers keep always equal a count over the rows.
+    #[tokio::test]
+    async fn wal_stats_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        for i in 0..30u64 {
+            let mut r = row(&format!("00000001000000000000{i:04X}"));
+            r.size = 100 + i;
+            r.stored_size = 10 + i;
+            r.cluster = if i % 3 == 0 {
+                "b".into()
+            } else {
+                "main".into()
+            };
+            r.archived_at = format!("2026-01-01T00:00:{:02}Z", 59 - i);
+            if i % 7 == 0 {
+                r.kind = "history".into();
+            }
+            assert!(cat.insert_wal(r).await.expect("insert"));
+        }
+        assert_eq!(kept(&cat).await, recount(&cat).await);
+        cat.set_wal_state("main", "000000010000000000000001", "missing")
+            .await
+            .expect("missing");
+        cat.set_wal_state("main", "000000010000000000000002", "missing")
+            .await
+            .expect("missing");
+        assert_eq!(kept(&cat).await, recount(&cat).await);
+        cat.set_wal_state("main", "000000010000000000000002", "ok")
+            .await
+            .expect("ok");
+        cat.call(|c| {
+            c.execute(
+                "DELETE FROM wal_files WHERE name IN ('000000010000000000000004', \
+                 '000000010000000000000005', '000000010000000000000000')",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("delete");
+        assert_eq!(kept(&cat).await, recount(&cat).await);
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     tls: Option<TlsConfig>,
     storage: Option<StorageConfig>,
+    max_concurrent_uploads: Option<usize>,
+    metrics_require_token: Option<bool>,
     #[serde(default)]
     tokens: Vec<TokenConfig>,
     #[serde(default)]
@@ -103,6 +105,10 @@ pub struct ClusterConfig {
     /// Longest wait between two reconnection attempts of the receiver, in seconds (default 30;
     /// the wait doubles from 1 s up to this).
     pub reconnect_max_delay: Option<u64>,
+    /// Seconds without any message from the server after which the receiver presumes the
+    /// connection dead and reconnects, like PostgreSQL's `wal_receiver_timeout` (default 60;
+    /// 0 turns it off). At half of it the receiver asks the server for a reply.
+    pub receiver_timeout: Option<u64>,
     /// Crontab (5 fields, or 6 with leading seconds) of scheduled backups.
     pub backup_schedule: Option<String>,
     /// `redundancy N` or `recovery window of N days|weeks|months`.
@@ -132,6 +138,9 @@ pub const DEFAULT_WAL_MAXIMUM_AGE: &str = "1 hour";
 pub const DEFAULT_MIN_FREE_SPACE_BYTES: u64 = 1 << 30;
 
 pub const DEFAULT_SLOT: &str = "wal_archive";
+pub const DEFAULT_RECEIVER_TIMEOUT: u64 = 60;
+/// Uploads handled at once; more get 503 with `Retry-After`, which `push` retries.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 64;
 pub const DEFAULT_APPLICATION_NAME: &str = "wal_archive";
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 64 << 20;
 
@@ -146,6 +155,7 @@ impl Default for ClusterConfig {
             application_name: None,
             max_lag_bytes: None,
             reconnect_max_delay: None,
+            receiver_timeout: None,
             backup_schedule: None,
             retention: None,
             retention_schedule: None,
@@ -184,6 +194,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: Option<TlsConfig>,
     pub storage: StorageConfig,
+    /// WAL uploads handled at once (DESIGN §5).
+    pub max_concurrent_uploads: usize,
+    /// `/metrics` answers only requests with a valid token (of any role).
+    pub metrics_require_token: bool,
     pub tokens: Vec<TokenConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
 }
@@ -316,11 +330,28 @@ impl Config {
                 }
             }
         }
+        let max_concurrent_uploads = file
+            .max_concurrent_uploads
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_UPLOADS);
+        if max_concurrent_uploads == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_uploads = 0 would refuse every upload; use 1 or more".into(),
+            ));
+        }
+        let metrics_require_token = file.metrics_require_token.unwrap_or(false);
+        if metrics_require_token && file.tokens.is_empty() {
+            return Err(ConfigError::Invalid(
+                "metrics_require_token = true needs [[tokens]]: no request could ever read /metrics"
+                    .into(),
+            ));
+        }
         Ok(Config {
             listen,
             data_dir,
             tls: file.tls,
             storage,
+            max_concurrent_uploads,
+            metrics_require_token,
             tokens: file.tokens,
             clusters: file.clusters,
         })

@@ -19,6 +19,9 @@
 //! - `already_stored_proves_the_object_and_repairs_it`: 200 only once the stored object is there
 //!   with the cataloged checksum and size; a missing or damaged one is stored again from the
 //!   same bytes (the damaged copy moved to quarantine); a storage error is 503, never 200.
+//! - `uploads_beyond_the_limit_are_told_to_retry`: with `max_concurrent_uploads = 1`, a second
+//!   upload while one is in progress gets 503 with `Retry-After`, and succeeds afterwards.
+//! - `metrics_can_require_a_token`: 401 without one, 200 with any valid token.
 //! - `second_partial_with_the_same_wal_is_accepted`: two `.partial` files of one name that agree
 //!   up to the switch point (from the timeline history, else up to where one is zero-filled)
 //!   are the same WAL: 200; one that differs before it is 409.
@@ -43,6 +46,8 @@ struct Env {
     config: Config,
     plan: Arc<FaultPlan>,
     state: Arc<AppState>,
+    /// One router for the whole test, as the server has (its state bounds uploads in progress).
+    router: axum::Router,
     _lock: std::fs::File,
 }
 
@@ -59,8 +64,17 @@ async fn env_with_plan(
     dir: tempfile::TempDir,
     plan: Arc<FaultPlan>,
 ) -> Result<Env, (anyhow::Error, tempfile::TempDir)> {
+    env_with(dir, plan, "").await
+}
+
+/// A server with configuration `text`.
+async fn env_with(
+    dir: tempfile::TempDir,
+    plan: Arc<FaultPlan>,
+    text: &str,
+) -> Result<Env, (anyhow::Error, tempfile::TempDir)> {
     let config = Config::from_toml(
-        "",
+        text,
         &Overrides {
             data_dir: Some(dir.path().to_path_buf()),
             ..Default::default()
@@ -81,11 +95,13 @@ async fn env_with_plan(
         receivers: Default::default(),
         backups: Default::default(),
     });
+    let router = router(state.clone(), Authorizer::new(&config.tokens));
     Ok(Env {
         dir,
         config,
         plan,
         state,
+        router,
         _lock: lock,
     })
 }
@@ -116,10 +132,7 @@ impl Reply {
 }
 
 async fn call(env: &Env, req: Request<Body>) -> Reply {
-    let resp = router(env.state.clone(), Authorizer::new(&[]))
-        .oneshot(req)
-        .await
-        .expect("response");
+    let resp = env.router.clone().oneshot(req).await.expect("response");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp
@@ -943,6 +956,7 @@ async fn reconcile_retries_transient_errors_and_never_quarantines_for_them() {
         .expect("delete rows");
     drop(conn);
     let plan = Arc::new(FaultPlan::default());
+    *plan.read_error_prefix.lock().expect("lock") = "wal/".into();
     plan.read_error.store(true, Ordering::SeqCst);
     let started = std::time::Instant::now();
     let (err, dir) = match env_with_plan(dir, plan).await {
@@ -1034,4 +1048,103 @@ async fn second_partial_with_the_same_wal_is_accepted() {
                 .map(|d| d.count() == 0)
                 .unwrap_or(true)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_limit_are_told_to_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = match env_with(
+        dir,
+        Arc::new(FaultPlan::default()),
+        "max_concurrent_uploads = 1",
+    )
+    .await
+    {
+        Ok(env) => env,
+        Err((e, _)) => panic!("{e:#}"),
+    };
+    let (a, b) = (seg(30), seg(31));
+    // An upload that has sent half its body and waits.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = Body::from_stream(tokio_stream_from(rx));
+    let first = a.build();
+    let third = first.len() / 3;
+    let parts: Vec<bytes::Bytes> = first
+        .chunks(third + 1)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    tx.send(Ok(parts[0].clone())).await.expect("send");
+    let req = Request::put(format!("/v1/clusters/main/wal/{}", a.name(1)))
+        .body(body)
+        .expect("request");
+    let slow = {
+        let router = env.router.clone();
+        tokio::spawn(async move { router.oneshot(req).await.expect("response").status() })
+    };
+    // The channel holds one piece: this send returns once the first was read, that is once
+    // the upload holds its place.
+    tx.send(Ok(parts[1].clone())).await.expect("send");
+    let refused = put(&env, &b.name(1).to_string(), b.build()).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error().error, "busy");
+    assert_eq!(
+        refused
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    tx.send(Ok(parts[2].clone())).await.expect("send");
+    drop(tx);
+    assert_eq!(slow.await.expect("join"), StatusCode::CREATED);
+    assert_eq!(
+        put(&env, &b.name(1).to_string(), b.build()).await.status,
+        StatusCode::CREATED
+    );
+}
+
+/// A stream over an mpsc receiver.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // sha256("reader-secret")
+    let sha = pgwal::checksum::sha256_hex(b"reader-secret");
+    let text = format!(
+        "metrics_require_token = true\n[[tokens]]\nname = \"r\"\nsecret_sha256 = \"{sha}\"\n\
+         role = \"reader\"\nclusters = [\"other\"]\n"
+    );
+    let env = match env_with(dir, Arc::new(FaultPlan::default()), &text).await {
+        Ok(env) => env,
+        Err((e, _)) => panic!("{e:#}"),
+    };
+    let scrape = |token: Option<&str>| {
+        let mut req = Request::get("/metrics");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(Body::empty()).expect("request")
+    };
+    assert_eq!(
+        call(&env, scrape(None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&env, scrape(Some("wrong"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&env, scrape(Some("reader-secret"))).await.status,
+        StatusCode::OK
+    );
+    // /healthz stays open.
+    let req = Request::get("/healthz")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::OK);
 }

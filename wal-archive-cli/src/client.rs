@@ -22,6 +22,8 @@ pub enum Failure {
         message: String,
         /// The cluster the server's error body names, if any.
         cluster: Option<String>,
+        /// `Retry-After` of a 503 (the server is busy): the least wait before the next try.
+        retry_after: Option<Duration>,
     },
     /// Anything else, not worth retrying (a local file problem, a damaged response).
     Fatal(String),
@@ -208,6 +210,12 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 /// Turns a non-success response into a [`Failure`], reading the server's JSON error body.
 pub fn status_failure(mut resp: Response<Body>) -> Failure {
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(60)));
     let text = resp
         .body_mut()
         .with_config()
@@ -220,10 +228,12 @@ pub fn status_failure(mut resp: Response<Body>) -> Failure {
             kind: b.error,
             message: b.message,
             cluster: b.cluster,
+            retry_after,
         },
         Err(_) => Failure::Status {
             status,
             cluster: None,
+            retry_after,
             kind: "http".into(),
             message: if text.is_empty() {
                 format!("HTTP {status}")
@@ -247,11 +257,18 @@ pub fn with_retries<T>(
         match attempt() {
             Ok(v) => return Ok(v),
             Err(f) if f.is_retryable() && start.elapsed() + delay < window => {
+                let pause = match &f {
+                    Failure::Status {
+                        retry_after: Some(after),
+                        ..
+                    } => delay.max(*after),
+                    _ => delay,
+                };
                 eprintln!(
                     "wal-archive: {what}: {f}; retrying in {:.1}s",
-                    delay.as_secs_f64()
+                    pause.as_secs_f64()
                 );
-                std::thread::sleep(delay);
+                std::thread::sleep(pause);
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(f) => return Err(f),

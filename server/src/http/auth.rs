@@ -78,17 +78,16 @@ impl Authorizer {
         self.tokens.is_empty()
     }
 
-    /// Checks an `Authorization` header value for `op` on `cluster`. Returns the token's name
-    /// (for logs) or `None` in open mode.
-    pub fn check(
-        &self,
-        authorization: Option<&str>,
-        cluster: &str,
-        op: Operation,
-    ) -> Result<Option<String>, AuthError> {
+    /// The token of an `Authorization` header value, whatever its role and clusters (for
+    /// `/metrics` with `metrics_require_token`). Returns its name, or `None` in open mode.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Option<String>, AuthError> {
         if self.is_open() {
             return Ok(None);
         }
+        Ok(Some(self.token(authorization)?.name.clone()))
+    }
+
+    fn token(&self, authorization: Option<&str>) -> Result<&Token, AuthError> {
         let secret = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
@@ -105,13 +104,7 @@ impl Authorizer {
             h.update(secret.as_bytes());
             h.finish()
         };
-        let Token {
-            name,
-            role,
-            clusters,
-            ..
-        } = self
-            .tokens
+        self.tokens
             .iter()
             .find(|t| constant_time_eq(&t.secret_sha256, &hash))
             .ok_or_else(|| {
@@ -120,7 +113,26 @@ impl Authorizer {
                      sha256 is listed in the server's [[tokens]]"
                         .into(),
                 )
-            })?;
+            })
+    }
+
+    /// Checks an `Authorization` header value for `op` on `cluster`. Returns the token's name
+    /// (for logs) or `None` in open mode.
+    pub fn check(
+        &self,
+        authorization: Option<&str>,
+        cluster: &str,
+        op: Operation,
+    ) -> Result<Option<String>, AuthError> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let Token {
+            name,
+            role,
+            clusters,
+            ..
+        } = self.token(authorization)?;
         if let Some(list) = clusters {
             if !list.iter().any(|c| c == cluster) {
                 return Err(AuthError::Forbidden(format!(

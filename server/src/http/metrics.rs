@@ -21,8 +21,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Prometheus text format. Open like `/healthz`: it names clusters and WAL files, never data.
-async fn metrics_text(State(state): State<Arc<HttpState>>) -> Result<Response, ApiError> {
+/// Prometheus text format. Open like `/healthz` unless `metrics_require_token` (it names
+/// clusters and WAL files, never data). It reads one aggregate row per cluster (no scan of the
+/// WAL catalog) on the catalog's reading connection, so a scrape costs the same with a million
+/// WAL files as with ten and never holds up ingest.
+async fn metrics_text(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if state.config.metrics_require_token {
+        let authz = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state.auth.authenticate(authz)?;
+    }
     let Some(handle) = crate::metrics::handle() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

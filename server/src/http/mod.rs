@@ -33,10 +33,12 @@ use auth::{AuthError, Operation};
 
 pub use wal::object_response;
 
-/// What every handler receives: the server's state and who may do what.
+/// What every handler receives: the server's state, who may do what, and the bound on uploads
+/// in progress.
 pub struct HttpState {
     pub app: Arc<AppState>,
     pub auth: auth::Authorizer,
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for HttpState {
@@ -54,7 +56,13 @@ pub fn router(app: Arc<AppState>, auth: auth::Authorizer) -> Router {
         .merge(wal::routes())
         .merge(backup::routes())
         .merge(ops::routes())
-        .with_state(Arc::new(HttpState { app, auth }))
+        .with_state(Arc::new(HttpState {
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                app.config.max_concurrent_uploads,
+            )),
+            app,
+            auth,
+        }))
         // Every answer names the archive instance that gave it (see `INSTANCE_HEADER`).
         .layer(axum::middleware::map_response(move |mut r: Response| {
             let instance = instance.clone();

@@ -81,6 +81,24 @@ async fn put_wal(
             return Err(e);
         }
     };
+    // Bounded: beyond `max_concurrent_uploads`, 503 with Retry-After (push retries it).
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        drain_body(&mut body).await;
+        crate::metrics::record_push(&cluster, "busy", 0, std::time::Duration::ZERO);
+        let mut r = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "{} uploads are in progress, the most this server takes at once \
+                 (max_concurrent_uploads); retry",
+                state.config.max_concurrent_uploads
+            ),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(r);
+    };
     let started = std::time::Instant::now();
     let result = put_wal_inner(&state, &cluster, &name, &headers, &mut body).await;
     if result.is_err() {
@@ -548,16 +566,15 @@ async fn check(
         hint: None,
     }];
     let catalog = &state.archive.catalog;
-    let rows = catalog.list_wal(&cluster).await.map_err(internal)?;
-    let newest = rows
-        .iter()
-        .filter(|r| r.state == "ok" && r.kind == "segment")
-        .max_by(|a, b| a.archived_at.cmp(&b.archived_at));
-    checks.push(match newest {
-        Some(r) => CheckItem {
+    let stats = catalog.cluster_stats(&cluster).await.map_err(internal)?;
+    checks.push(match stats.as_ref().and_then(|s| s.last_segment.as_ref().zip(s.last_archived_at.as_ref())) {
+        Some((name, at)) => CheckItem {
             name: "wal archive".into(),
             ok: true,
-            message: format!("{} files; newest segment {} stored at {}", rows.len(), r.name, r.archived_at),
+            message: format!(
+                "{} files; newest segment {name} stored at {at}",
+                stats.as_ref().map_or(0, |s| s.files)
+            ),
             hint: None,
         },
         None => CheckItem {
@@ -569,25 +586,29 @@ async fn check(
             )),
         },
     });
-    let missing: Vec<_> = rows
-        .iter()
-        .filter(|r| r.state != "ok")
-        .map(|r| r.name.clone())
-        .collect();
+    let missing = stats.as_ref().map_or(0, |s| s.missing);
+    let shown = if missing > 0 {
+        catalog.missing_wal(&cluster, 20).await.map_err(internal)?
+    } else {
+        Vec::new()
+    };
     checks.push(CheckItem {
         name: "storage".into(),
-        ok: missing.is_empty(),
-        message: if missing.is_empty() {
+        ok: missing == 0,
+        message: if missing == 0 {
             "every cataloged file has its object".into()
         } else {
             format!(
-                "{} cataloged files have no object: {}",
-                missing.len(),
-                missing.join(", ")
+                "{missing} cataloged files have no object: {}{}",
+                shown.join(", "),
+                if missing > shown.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                }
             )
         },
-        hint: (!missing.is_empty())
-            .then(|| "restore the objects, or push the same files again".into()),
+        hint: (missing > 0).then(|| "restore the objects, or push the same files again".into()),
     });
     let cfg = state.config.cluster(&cluster);
     if cfg.streaming {

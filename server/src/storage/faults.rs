@@ -18,14 +18,21 @@ pub struct FaultPlan {
     pub out_of_space: std::sync::atomic::AtomicBool,
     /// Every commit fails with an I/O error.
     pub io_error: std::sync::atomic::AtomicBool,
-    /// Every read (`get`, `get_range`, `head`) fails with an I/O error, as when storage is
-    /// unreachable for a while.
+    /// Every read (`get`, `get_range`, `head`) of a key starting with `read_error_prefix`
+    /// fails with an I/O error, as when storage is unreachable for a while.
     pub read_error: std::sync::atomic::AtomicBool,
+    pub read_error_prefix: std::sync::Mutex<String>,
 }
 
 impl FaultPlan {
-    fn read(&self) -> Result<(), StorageError> {
-        if self.read_error.load(Ordering::SeqCst) {
+    fn read(&self, key: &str) -> Result<(), StorageError> {
+        if self.read_error.load(Ordering::SeqCst)
+            && self
+                .read_error_prefix
+                .lock()
+                .map(|p| key.starts_with(p.as_str()))
+                .unwrap_or(true)
+        {
             return Err(StorageError::Io("injected read error".into()));
         }
         Ok(())
@@ -54,7 +61,7 @@ impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>> {
         Box::pin(async move {
-            self.plan.read()?;
+            self.plan.read(key)?;
             self.inner.get(key).await
         })
     }
@@ -64,13 +71,13 @@ impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, StorageError>> {
         Box::pin(async move {
-            self.plan.read()?;
+            self.plan.read(key)?;
             self.inner.get_range(key, range).await
         })
     }
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
         Box::pin(async move {
-            self.plan.read()?;
+            self.plan.read(key)?;
             self.inner.head(key).await
         })
     }
