@@ -184,6 +184,7 @@ impl ReplicationConnection {
                     .map_err(connect_err)?;
                 // Status updates are small and latency matters for the flush position.
                 let _ = tcp.set_nodelay(true);
+                set_keepalives(&tcp, info);
                 let local = tcp.local_addr().ok().map(|a| a.ip());
                 let socket = if tls == TlsAttempt::Try {
                     match tls::negotiate(tcp, info, target).await? {
@@ -925,6 +926,28 @@ fn check_slot_name(name: &str) -> Result<(), ReplError> {
             "invalid replication slot name {:?}: use 1 to 63 lower-case letters, digits and underscores",
             name.chars().take(80).collect::<String>()
         )))
+    }
+}
+
+/// TCP keepalives and the user timeout of `info` on a new connection. Failing to set them is
+/// not fatal (the receiver's own inactivity timeout still applies), only logged.
+fn set_keepalives(tcp: &TcpStream, info: &ConnInfo) {
+    let sock = socket2::SockRef::from(tcp);
+    let result = match info.keepalives {
+        Some(k) => sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count),
+        ),
+        None => sock.set_keepalive(false),
+    }
+    .and_then(|()| match info.tcp_user_timeout {
+        Some(t) => sock.set_tcp_user_timeout(Some(t)),
+        None => Ok(()),
+    });
+    if let Err(e) = result {
+        tracing::warn!(target_host = %info.target(), "cannot set TCP keepalives: {e}");
     }
 }
 

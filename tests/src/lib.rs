@@ -39,6 +39,7 @@ pub mod cli;
 pub mod factory;
 pub mod http;
 pub mod pg;
+pub mod proxy;
 pub mod server;
 pub mod testdir;
 pub mod util;
@@ -49,6 +50,7 @@ pub use cli::Cli;
 pub use factory::WalFactory;
 pub use http::{Api, Response};
 pub use pg::{copy_archive_command, BaseBackupOptions, Pg, PgOptions};
+pub use proxy::FreezableProxy;
 pub use server::Server;
 pub use testdir::{pg_command, Binary, TestDir, PG_BIN, PSQL};
 pub use util::{

@@ -24,6 +24,9 @@
 //!   archive are never taken for an acknowledgement by the new archive at the same URL (its
 //!   storage replaced, as by a restored VM snapshot or a rebuilt host): every file is sent again
 //!   and the new archive serves them all.
+//! - `a_silent_partition_is_noticed_and_healed`: the receiver's connection goes silent (a proxy
+//!   stops forwarding without closing): within `receiver_timeout` the receiver reports
+//!   `reconnecting` and `check` fails; once the network is back it streams again, with no gap.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -34,7 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use wal_archive_e2e::{list_files, Cli, Output, Server, TestDir, WalFactory};
+use wal_archive_e2e::{
+    list_files, streaming_config, Cli, FreezableProxy, Output, Pg, PgOptions, Server, TestDir,
+    WalFactory,
+};
 
 fn expect_exit(out: &Output, code: i32, what: &str) -> Result<()> {
     ensure!(
@@ -436,4 +442,94 @@ fn a_server_replaced_under_a_client_gets_every_file() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[test]
+fn a_silent_partition_is_noticed_and_healed() -> Result<()> {
+    let dir = TestDir::new("partition")?;
+    let pg = Pg::init(&dir, "primary", PgOptions::default())?;
+    // The old walsender must let go of the slot soon after the partition, for the new
+    // connection to take it.
+    pg.set("wal_sender_timeout", "'3s'")?;
+    pg.start()?;
+    pg.psql("create table t (id int)")?;
+    let proxy = FreezableProxy::start(pg.port())?;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={} sslmode=disable connect_timeout=2",
+        proxy.port(),
+        pg.superuser()?
+    );
+    let server = Server::start_with_config(
+        &dir,
+        Some(&streaming_config("main", &conninfo, "receiver_timeout = 4")),
+    )?;
+    let streaming = |v: &serde_json::Value| Ok(v["state"] == "streaming");
+    server.wait_receiver(
+        "main",
+        "the receiver streams",
+        Duration::from_secs(60),
+        streaming,
+    )?;
+    pg.psql("insert into t select generate_series(1, 1000)")?;
+    let before = pg.switch_wal()?;
+    wait_archived(&server, &before)?;
+
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let status = server.wait_receiver(
+        "main",
+        "the receiver notices the silence",
+        Duration::from_secs(30),
+        |v| Ok(v["state"] != "streaming"),
+    )?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(20),
+        "noticed only after {:?}",
+        started.elapsed()
+    );
+    let reason = status["reason"].as_str().unwrap_or_default();
+    ensure!(reason.contains("no message from the server"), "{status}");
+    let check = server.cli()?.run(["check", "--cluster", "main"])?;
+    ensure!(
+        !check.success(),
+        "check passes during a partition: {}",
+        check.describe()
+    );
+    // WAL written meanwhile is not lost: it is streamed once the network is back.
+    pg.psql("insert into t select generate_series(1, 1000)")?;
+    let during = pg.switch_wal()?;
+
+    proxy.thaw();
+    server.wait_receiver(
+        "main",
+        "the receiver streams again",
+        Duration::from_secs(60),
+        streaming,
+    )?;
+    wait_archived(&server, &during)?;
+    let names = server.api().wal_names("main", None)?;
+    let first = names
+        .iter()
+        .find(|n| n.len() == 24)
+        .cloned()
+        .unwrap_or_default();
+    for name in wal_archive_e2e::segment_range(&first, &during, wal_archive_e2e::SEG_SIZE)? {
+        ensure!(names.contains(&name), "gap at {name}: {names:?}");
+    }
+    Ok(())
+}
+
+/// Waits until the archive lists `segment`.
+fn wait_archived(server: &Server, segment: &str) -> Result<()> {
+    wal_archive_e2e::wait_until(
+        Duration::from_secs(60),
+        &format!("{segment} is archived"),
+        || {
+            Ok(server
+                .api()
+                .wal_names("main", None)?
+                .iter()
+                .any(|n| n == segment))
+        },
+    )
 }

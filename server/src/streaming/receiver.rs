@@ -39,7 +39,9 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::catalog::now_rfc3339;
-use crate::config::{ClusterConfig, DEFAULT_APPLICATION_NAME, DEFAULT_SLOT};
+use crate::config::{
+    ClusterConfig, DEFAULT_APPLICATION_NAME, DEFAULT_RECEIVER_TIMEOUT, DEFAULT_SLOT,
+};
 use crate::storage::durability;
 use crate::wal::archive::{Archive, ArchiveError, Upload};
 
@@ -326,7 +328,33 @@ impl Receiver {
         let mut writer = SegmentWriter::new(&self.work_dir, timeline, start, size);
         let mut last_flush = Instant::now();
         let mut server_lsn = start;
+        // Like `wal_receiver_timeout`: a server that says nothing for this long is presumed
+        // gone (a silent network partition looks exactly like a quiet primary otherwise); at
+        // half of it, a status update asks for a reply.
+        let timeout = self
+            .config
+            .receiver_timeout
+            .unwrap_or(DEFAULT_RECEIVER_TIMEOUT);
+        let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
+        let mut last_message = Instant::now();
+        let mut asked = false;
         loop {
+            if let Some(timeout) = timeout {
+                let silent = last_message.elapsed();
+                if silent >= timeout {
+                    return Err(ReceiverError::Protocol(format!(
+                        "no message from the server for {}s (receiver_timeout): the connection \
+                         is presumed dead; reconnecting",
+                        silent.as_secs()
+                    )));
+                }
+                if silent >= timeout / 2 && !asked {
+                    self.flush_and_report(&mut stream, &mut writer, server_lsn, true)
+                        .await?;
+                    last_flush = Instant::now();
+                    asked = true;
+                }
+            }
             // How long to wait for the next message before flushing and reporting anyway:
             // synchronous mode takes only what is already buffered (one poll), so a commit
             // waits for one write + fsync and no timer; otherwise unflushed bytes are made
@@ -339,7 +367,18 @@ impl Receiver {
             } else {
                 FLUSH_INTERVAL.saturating_sub(last_flush.elapsed())
             };
+            let wait = match timeout {
+                Some(t) => {
+                    let next_check = if asked { t } else { t / 2 };
+                    wait.min(next_check.saturating_sub(last_message.elapsed()))
+                }
+                None => wait,
+            };
             let event = stream.next(wait).await?;
+            if event.is_some() {
+                last_message = Instant::now();
+                asked = false;
+            }
             match event {
                 Some(StreamEvent::XLogData { start, data, .. }) => {
                     let completed = writer.write(start, &data).await?;
