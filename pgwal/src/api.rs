@@ -258,12 +258,15 @@ pub struct RetentionReport {
     pub wal_kept_from: Option<String>,
 }
 
-/// One run of a scheduled (or API-started) job, as `GET /v1/clusters/{cluster}/jobs` lists it.
+/// One run of a scheduled (or API-started) job, as `GET /v1/clusters/{cluster}/jobs` lists it
+/// and `GET /v1/clusters/{cluster}/jobs/{id}` shows it. Long operations (backup, verify,
+/// retention, drill) are jobs: the request that starts one answers 202 with its run, and the
+/// client follows it here; a client that goes away never interrupts it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobRun {
     pub id: i64,
     pub cluster: String,
-    /// `backup` or `retention`.
+    /// `backup`, `retention`, `verify` or `drill`.
     pub kind: String,
     /// `schedule`, `missed` (a run the server was down for, run once at start) or `api`.
     #[serde(default)]
@@ -282,6 +285,34 @@ pub struct JobRun {
     /// What it did (a backup id, counts of removed files).
     #[serde(default)]
     pub detail: Option<String>,
+    /// The backup it works on (verify, drill), or took (backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// How far it is, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    /// What it found, once it ended (verify, retention, drill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<JobReport>,
+}
+
+/// How far a running job is; totals are known once it has looked at its work.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobProgress {
+    pub done_bytes: u64,
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+    /// What it is doing now, in words.
+    #[serde(default)]
+    pub step: String,
+}
+
+/// The result a job leaves, by kind.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum JobReport {
+    Verify(VerifyReport),
+    Retention(RetentionReport),
 }
 
 /// `POST /v1/clusters/{cluster}/switch-wal` body.

@@ -97,6 +97,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0003_jobs_retention.sql")),
         M::up(include_str!("../../migrations/0004_wal_xxh3.sql")),
         M::up(include_str!("../../migrations/0005_wal_stats.sql")),
+        M::up(include_str!("../../migrations/0006_jobs.sql")),
     ])
 }
 

@@ -86,7 +86,7 @@ pub async fn open(
     jobs::retention::resume(&archive)
         .await
         .context("finishing an interrupted retention run")?;
-    jobs::scheduler::fail_interrupted(&archive.catalog)
+    jobs::runs::fail_interrupted(&archive.catalog)
         .await
         .context("closing job runs interrupted by a restart")?;
     wal::reconcile::reconcile(&archive)
@@ -139,6 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         receivers,
         backups: Default::default(),
+        jobs: Default::default(),
     });
     let scheduler_tasks = jobs::scheduler::start(state.clone(), &stop_rx);
     let auth = Authorizer::new(&config.tokens);

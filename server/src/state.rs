@@ -15,4 +15,6 @@ pub struct AppState {
     pub receivers: HashMap<String, crate::streaming::receiver::SharedStatus>,
     /// Backups in progress and the per-cluster blob lock.
     pub backups: crate::backup::Backups,
+    /// Progress of the jobs running here.
+    pub jobs: crate::jobs::runs::LiveJobs,
 }

@@ -94,6 +94,7 @@ async fn env_with(
         config: Arc::new(config.clone()),
         receivers: Default::default(),
         backups: Default::default(),
+        jobs: Default::default(),
     });
     let router = router(state.clone(), Authorizer::new(&config.tokens));
     Ok(Env {

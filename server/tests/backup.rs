@@ -11,36 +11,17 @@
 //!   unreachable server and a server of another database system fail with a reason, and a
 //!   backup interrupted by a restart is failed at the next start with its stray objects removed.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use pgwal::api::{BackupFiles, BackupInfo, ErrorBody, VerifyReport};
-use tower::ServiceExt;
+use axum::http::StatusCode;
+use common::{call, server_with_config, verify, Env, DEADLINE};
+use pgwal::api::{BackupFiles, BackupInfo};
 use wal_archive_e2e::{toml_string, Pg, PgOptions, TestDir};
-use wal_archive_server::config::{Config, Overrides};
-use wal_archive_server::http::auth::Authorizer;
-use wal_archive_server::{http::router, state::AppState};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Env {
-    state: Arc<AppState>,
-    storage: PathBuf,
-    stop: tokio::sync::watch::Sender<bool>,
-    _lock: std::fs::File,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
 
 /// A server on `data_dir` with cluster `main` backed up from `pg`; `extra` adds lines to its
 /// section. With `streaming`, the receiver stores the cluster's WAL.
@@ -57,88 +38,13 @@ async fn server(data_dir: &Path, pg: &Pg, streaming: bool, extra: &str) -> Resul
         toml_string(&conninfo),
         toml_string(&conninfo)
     );
-    let config = Config::from_toml(
-        &text,
-        &Overrides {
-            data_dir: Some(data_dir.to_path_buf()),
-            ..Default::default()
-        },
-    )?;
-    let (archive, lock) = wal_archive_server::open(&config, None).await?;
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (receivers, _tasks) = wal_archive_server::start_receivers(&config, &archive, &stop_rx);
-    let state = Arc::new(AppState {
-        archive,
-        config: Arc::new(config.clone()),
-        receivers,
-        backups: Default::default(),
-    });
-    let env = Env {
-        state,
-        storage: config.storage_dir(),
-        stop,
-        _lock: lock,
-    };
-    if streaming {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let s = env
-                .state
-                .receivers
-                .get("main")
-                .and_then(|s| s.lock().ok().map(|s| s.state.clone()));
-            if s.as_deref() == Some("streaming") {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the receiver never started streaming: {s:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(env)
+    server_with_config(data_dir, &text, streaming).await
 }
 
 fn started_pg(dir: &TestDir) -> Result<Pg> {
     let pg = Pg::init(dir, "pg", PgOptions::default())?;
     pg.start()?;
     Ok(pg)
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("{}: {}", self.status, String::from_utf8_lossy(&self.body)))
-    }
-
-    fn error(&self) -> Result<ErrorBody> {
-        self.json()
-    }
-}
-
-async fn call(env: &Env, method: &str, path: &str, body: &str) -> Result<Reply> {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))?;
-    let resp = router(env.state.clone(), Authorizer::new(&[]))
-        .oneshot(req)
-        .await?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
 }
 
 async fn start_backup(env: &Env) -> Result<BackupInfo> {
@@ -447,14 +353,7 @@ async fn backup_lifecycle_dedup_and_verify() -> Result<()> {
     assert_eq!(show(&env, "latest").await?.id, second.id);
 
     // Verify: ok, then a damaged blob is found and named, and never served.
-    let r = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", first.id),
-        "",
-    )
-    .await?;
-    let report: VerifyReport = r.json()?;
+    let report = verify(&env, &first.id).await?;
     assert!(report.ok, "{report:?}");
     assert_eq!(report.files_checked, first.file_count);
     let path = blob_path(&env, &version_sha);
@@ -462,14 +361,7 @@ async fn backup_lifecycle_dedup_and_verify() -> Result<()> {
     let at = bytes.len() - 64 - 6;
     bytes[at] ^= 0x55;
     std::fs::write(&path, &bytes)?;
-    let r = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", first.id),
-        "",
-    )
-    .await?;
-    let report: VerifyReport = r.json()?;
+    let report = verify(&env, &first.id).await?;
     assert!(!report.ok);
     assert!(
         report.problems.iter().any(|p| p.starts_with("PG_VERSION:")),
@@ -584,14 +476,7 @@ async fn delete_keep_and_minimum_redundancy() -> Result<()> {
         objects_under(&env, "backups/main/data")?.len(),
         files_a.len()
     );
-    let r = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", a.id),
-        "",
-    )
-    .await?;
-    let report: VerifyReport = r.json()?;
+    let report = verify(&env, &a.id).await?;
     assert!(report.ok, "{report:?}");
     Ok(())
 }
@@ -649,14 +534,7 @@ async fn backup_without_wal_fails_and_cleans_up() -> Result<()> {
     .await?;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.error()?.error, "backup_not_done");
-    let r = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", info.id),
-        "",
-    )
-    .await?;
-    assert!(!r.json::<VerifyReport>()?.ok);
+    assert!(!verify(&env, &info.id).await?.ok);
 
     // PostgreSQL out of reach: failed, with a reason that says so.
     let r = call(&env, "POST", "/v1/clusters/nowhere/backups", "").await?;

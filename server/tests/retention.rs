@@ -11,6 +11,13 @@
 //!   everything after; moving the injectable clock 30 days on leaves only the newest.
 //! - `timelines_and_history_files_are_kept`: synthetic WAL on two timelines; everything from
 //!   the oldest retained backup's begin segment stays on both, `.history` always.
+//! - `keep_and_delete_decide_under_one_lock`: a keep requested while retention has planned but
+//!   not recorded its plan, or while a delete has decided but not removed, is refused (the
+//!   backup is going) rather than reported and then ignored; pause points put the requests
+//!   between each other's steps deterministically.
+//! - `long_operations_are_jobs_a_client_follows`: verify and retention answer 202 with a job
+//!   run at once; the work goes on with nobody following; its progress and report are in the
+//!   run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use axum::http::StatusCode;
-use pgwal::api::{BackupInfo, JobRun, RetentionReport, VerifyReport, WalListing};
+use pgwal::api::{BackupInfo, JobRun, RetentionReport, WalListing};
 use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 use wal_archive_e2e::{Pg, PgOptions, TestDir};
@@ -84,14 +91,21 @@ fn class_of(list: &[BackupInfo], id: &str) -> Option<String> {
         .and_then(|b| b.retention.clone())
 }
 
+/// A retention run (a job followed to its end), or with `dry_run` what it would remove.
 async fn retention(env: &Env, dry_run: bool) -> Result<RetentionReport> {
-    let r = call(
-        env,
-        "POST",
-        &format!("/v1/clusters/main/retention?dry_run={dry_run}"),
-        "",
-    )
-    .await?;
+    if !dry_run {
+        let run = run_job(env, "/v1/clusters/main/retention").await?;
+        return match run.report {
+            Some(pgwal::api::JobReport::Retention(r)) => Ok(r),
+            _ => bail!(
+                "retention job {} ended {}: {:?}",
+                run.id,
+                run.result,
+                run.error
+            ),
+        };
+    }
+    let r = call(env, "POST", "/v1/clusters/main/retention?dry_run=true", "").await?;
     ensure!(
         r.status == StatusCode::OK,
         "retention: {}",
@@ -199,14 +213,7 @@ async fn redundancy_keep_minimum_and_resume() -> Result<()> {
         let n = WalFileName::segment(1, s, size).to_string();
         assert!(names.contains(&n), "kept backup A's {n} was removed");
     }
-    let r: VerifyReport = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", a.id),
-        "",
-    )
-    .await?
-    .json()?;
+    let r = verify(&env, &a.id).await?;
     assert!(r.ok, "kept backup A no longer verifies: {r:?}");
 
     // Released: A is obsolete. The dry run says what goes and removes nothing.
@@ -297,14 +304,7 @@ async fn redundancy_keep_minimum_and_resume() -> Result<()> {
         assert!(names.contains(&n), "{n} missing from the catalog");
         assert!(object_path(&env, &n)?.exists(), "{n} missing from storage");
     }
-    let r: VerifyReport = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", b.id),
-        "",
-    )
-    .await?
-    .json()?;
+    let r = verify(&env, &b.id).await?;
     assert!(r.ok, "{r:?}");
     // Nothing more to do; the API runs were recorded as jobs.
     let report = retention(&env, false).await?;
@@ -315,12 +315,21 @@ async fn redundancy_keep_minimum_and_resume() -> Result<()> {
     let jobs: Vec<JobRun> = call(&env, "GET", "/v1/clusters/main/jobs", "")
         .await?
         .json()?;
+    // Verify and backup requests are jobs too, each recorded with its outcome.
+    let retention_runs: Vec<&JobRun> = jobs.iter().filter(|j| j.kind == "retention").collect();
     assert!(
-        jobs.iter()
-            .all(|j| j.kind == "retention" && j.trigger == "api" && j.result == "ok"),
+        retention_runs
+            .iter()
+            .all(|j| j.trigger == "api" && j.result == "ok"),
         "{jobs:?}"
     );
-    assert!(!jobs.is_empty());
+    assert!(!retention_runs.is_empty());
+    assert!(
+        jobs.iter()
+            .any(|j| j.kind == "verify" && j.backup_id.as_deref() == Some(b.id.as_str())),
+        "{jobs:?}"
+    );
+    assert!(jobs.iter().all(|j| j.result != "running"), "{jobs:?}");
     let r = call(&env, "GET", "/metrics", "").await?;
     let text = String::from_utf8_lossy(&r.body);
     // Names only: the recorder is shared by every test of this process, all on cluster main.
@@ -397,14 +406,7 @@ async fn recovery_window_with_a_moved_clock() -> Result<()> {
             .all(|n| segno(n, size) >= Some(c_begin)),
         "{names:?}"
     );
-    let r: VerifyReport = call(
-        &env,
-        "POST",
-        &format!("/v1/clusters/main/backups/{}/verify", c.id),
-        "",
-    )
-    .await?
-    .json()?;
+    let r = verify(&env, &c.id).await?;
     assert!(r.ok, "{r:?}");
     env.shut_down().await;
     Ok(())
@@ -527,6 +529,183 @@ async fn timelines_and_history_files_are_kept() -> Result<()> {
     assert_eq!(names, expected);
     assert!(object_path(&env, "00000002.history")?.exists());
     assert!(!object_path(&env, &seg(1, 6))?.exists());
+    env.shut_down().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_and_delete_decide_under_one_lock() -> Result<()> {
+    let dir = TestDir::new("srv-retention-races")?;
+    let pg = Pg::init(&dir, "pg", PgOptions::default())?;
+    pg.start()?;
+    let data = tempfile::tempdir()?;
+    let env = server(
+        data.path(),
+        &pg_section(
+            &pg,
+            true,
+            "retention = \"redundancy 1\"\nminimum_redundancy = 1",
+        )?,
+        true,
+    )
+    .await?;
+    let a = backup_done(&env).await?;
+    wal_between(&env, &pg, 1).await?;
+    backup_done(&env).await?;
+    let c = backup_done(&env).await?;
+    let state = env.state.clone();
+    let keep = |id: String| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            wal_archive_server::backup::set_keep(&state.archive, &state.backups, "main", &id, true)
+                .await
+        })
+    };
+
+    // Retention has planned to remove A and B but not recorded it; A is kept meanwhile.
+    let pause = state.backups.pause_at("retention.planned");
+    let run = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let cfg = state.config.cluster("main");
+            wal_archive_server::jobs::retention::apply(
+                &state.archive,
+                &state.backups,
+                &cfg,
+                "main",
+                false,
+            )
+            .await
+        })
+    };
+    tokio::time::timeout(DEADLINE, pause.reached())
+        .await
+        .context("retention never reached its plan")?;
+    let kept = keep(a.id.clone());
+    pause.release();
+    let report = run.await??;
+    let kept = kept.await?;
+    let listed = list(&env).await?;
+    let a_listed = listed.iter().find(|x| x.id == a.id);
+    // The keep came after the plan: refused, never recorded for a backup going away.
+    match &kept {
+        Ok(info) => bail!(
+            "keep of {} was reported ({info:?}), yet retention removes it: {report:?}",
+            a.id
+        ),
+        Err(e) => assert!(e.to_string().contains("being removed"), "{e}"),
+    }
+    assert!(a_listed.is_none(), "{listed:?}");
+
+    // A delete of C has decided (it is neither kept nor needed: a newer one is) but not
+    // removed; a keep meanwhile.
+    backup_done(&env).await?;
+    let pause = state.backups.pause_at("delete.decided");
+    let deleting = {
+        let state = state.clone();
+        let id = c.id.clone();
+        tokio::spawn(async move {
+            wal_archive_server::backup::delete(
+                &state.archive,
+                &state.config,
+                &state.backups,
+                "main",
+                &id,
+            )
+            .await
+        })
+    };
+    tokio::time::timeout(DEADLINE, pause.reached())
+        .await
+        .context("delete never decided")?;
+    let kept = keep(c.id.clone());
+    pause.release();
+    let deleted = deleting.await?;
+    let kept = kept.await?;
+    assert!(deleted.is_ok(), "{deleted:?}");
+    assert!(
+        kept.is_err(),
+        "keep of {} reported after its delete had decided: {kept:?}",
+        c.id
+    );
+    env.shut_down().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_operations_are_jobs_a_client_follows() -> Result<()> {
+    let dir = TestDir::new("srv-jobs")?;
+    let pg = Pg::init(&dir, "pg", PgOptions::default())?;
+    pg.start()?;
+    let data = tempfile::tempdir()?;
+    let env = server(
+        data.path(),
+        &pg_section(
+            &pg,
+            true,
+            "retention = \"redundancy 1\"\nminimum_redundancy = 1",
+        )?,
+        true,
+    )
+    .await?;
+    let a = backup_done(&env).await?;
+    wal_between(&env, &pg, 1).await?;
+    let b = backup_done(&env).await?;
+    // Started, and nobody follows: the answer is at once, the work goes on.
+    let r = call(
+        &env,
+        "POST",
+        &format!("/v1/clusters/main/backups/{}/verify", b.id),
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let verify: JobRun = r.json()?;
+    assert_eq!(
+        (verify.kind.as_str(), verify.result.as_str()),
+        ("verify", "running")
+    );
+    assert_eq!(verify.backup_id.as_deref(), Some(b.id.as_str()));
+    let r = call(&env, "POST", "/v1/clusters/main/retention", "").await?;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let retention: JobRun = r.json()?;
+    let ended = |id: i64| {
+        let env = &env;
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let run: JobRun = call(env, "GET", &format!("/v1/clusters/main/jobs/{id}"), "")
+                    .await?
+                    .json()?;
+                if run.result != "running" {
+                    return Ok::<JobRun, anyhow::Error>(run);
+                }
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "job {id} never ended"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let verify = ended(verify.id).await?;
+    assert_eq!(verify.result, "ok", "{verify:?}");
+    match &verify.report {
+        Some(pgwal::api::JobReport::Verify(r)) => {
+            assert!(r.ok && r.files_checked == b.file_count, "{r:?}")
+        }
+        other => bail!("verify report: {other:?}"),
+    }
+    let retention = ended(retention.id).await?;
+    assert_eq!(retention.result, "ok", "{retention:?}");
+    match &retention.report {
+        Some(pgwal::api::JobReport::Retention(r)) => {
+            assert_eq!(r.removed_backups, vec![a.id.clone()], "{r:?}")
+        }
+        other => bail!("retention report: {other:?}"),
+    }
+    let r = call(&env, "GET", "/v1/clusters/main/jobs/999999", "").await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     env.shut_down().await;
     Ok(())
 }

@@ -15,7 +15,8 @@ use anyhow::{bail, ensure, Context, Result};
 use axum::http::StatusCode;
 use pgwal::api::{BackupInfo, JobRun};
 use wal_archive_e2e::{Pg, PgOptions, TestDir};
-use wal_archive_server::jobs::scheduler::{self, JobKind};
+use wal_archive_server::jobs::runs::{self, JobKind};
+use wal_archive_server::jobs::scheduler;
 
 mod common;
 use common::*;
@@ -175,9 +176,24 @@ async fn missed_run_runs_once_at_start() -> Result<()> {
         humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(2 * 86_400))
             .to_string();
     let cat = &env.state.archive.catalog;
-    let id = scheduler::record_start(cat, "main", JobKind::Backup, "schedule", Some(two_days_ago))
-        .await?;
-    scheduler::record_end(cat, id, "ok", None, Some("backup 20000101T000000".into())).await?;
+    let id = runs::record_start(
+        cat,
+        "main",
+        JobKind::Backup,
+        "schedule",
+        Some(two_days_ago),
+        None,
+    )
+    .await?;
+    runs::record_end(
+        cat,
+        id,
+        "ok",
+        None,
+        Some("backup 20000101T000000".into()),
+        None,
+    )
+    .await?;
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let tasks = scheduler::start(env.state.clone(), &stop_rx);

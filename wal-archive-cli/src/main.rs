@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Command::FetchWorker { cluster } => worker::run(&client, &cluster),
         Command::Check { cluster, nagios } => check::run(&client, &cluster, json, nagios),
         Command::Retention { cluster, dry_run } => {
-            match ops::jobs::retention(&client, &cluster, dry_run) {
+            match ops::jobs::retention(&client, &cluster, dry_run, json) {
                 Ok(r) => {
                     if json {
                         print_json(&r);
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
             Err(e) => fail("restore", &e),
         },
         Command::Verify { cluster, backup } => {
-            match backup::verify(&client, &cluster, backup.as_deref()) {
+            match backup::verify(&client, &cluster, backup.as_deref(), json) {
                 Ok(reports) => {
                     if json {
                         if backup.is_some() && reports.len() == 1 {

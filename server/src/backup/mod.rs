@@ -42,6 +42,9 @@ pub enum BackupError {
     NotDone(String),
     #[error("{0}")]
     Kept(String),
+    /// Retention has decided to remove the backup.
+    #[error("{0}")]
+    Deleting(String),
     #[error("{0}")]
     MinimumRedundancy(String),
     #[error("{0}")]
@@ -75,6 +78,27 @@ struct Inner {
     job_locks: Mutex<HashMap<(String, String), JobLock>>,
     /// The time retention and the scheduler go by; tests replace it.
     clock: Mutex<Option<crate::jobs::clock::Clock>>,
+    /// Pause points armed by tests (see [`Backups::pause_at`]).
+    pauses: Mutex<HashMap<&'static str, Arc<Pause>>>,
+}
+
+/// A test's hold on a named point of the code: the code stops there until released.
+#[derive(Default)]
+pub struct Pause {
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Pause {
+    /// Waits until the code reaches the point.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the code go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
 }
 
 impl Backups {
@@ -95,6 +119,33 @@ impl Backups {
             .entry((cluster.to_string(), kind.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// Arms the pause point `name` for the next time the code reaches it: tests use it to put
+    /// one request between the steps of another, deterministically. Unarmed points cost a map
+    /// look-up.
+    pub fn pause_at(&self, name: &'static str) -> Arc<Pause> {
+        let pause = Arc::new(Pause::default());
+        self.inner
+            .pauses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, pause.clone());
+        pause
+    }
+
+    /// Stops at `name` if a test armed it (once).
+    pub async fn pause_point(&self, name: &'static str) {
+        let pause = self
+            .inner
+            .pauses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(p) = pause {
+            p.reached.notify_one();
+            p.release.notified().await;
+        }
     }
 
     /// Replaces the clock (tests move time without waiting for it).
@@ -300,6 +351,10 @@ pub async fn delete(
     cluster: &str,
     id: &str,
 ) -> Result<BackupInfo, BackupError> {
+    // Decide and act under one lock: a keep set, or a retention plan recorded, between the
+    // checks and the removal would otherwise be ignored.
+    let lock = backups.cluster_lock(cluster);
+    let _guard = lock.lock().await;
     let row = find(archive, cluster, id).await?;
     let id = row.info.id.clone();
     if row.info.status == "running" || row.info.status == "waiting_for_wal" {
@@ -308,14 +363,17 @@ pub async fn delete(
             row.info.status
         )));
     }
+    if row.info.status == "deleting" {
+        return Err(BackupError::Deleting(format!(
+            "backup {id} is being removed by retention already"
+        )));
+    }
     if row.info.keep {
         return Err(BackupError::Kept(format!(
             "backup {id} is kept; release it first (wal-archive keep --cluster {cluster} {id} --release)"
         )));
     }
     let minimum = config.cluster(cluster).minimum_redundancy;
-    let lock = backups.cluster_lock(cluster);
-    let _guard = lock.lock().await;
     if row.info.status == "done" {
         let done = catalog::list(&archive.catalog, cluster)
             .await?
@@ -330,6 +388,7 @@ pub async fn delete(
             )));
         }
     }
+    backups.pause_point("delete.decided").await;
     let keys = catalog::remove(&archive.catalog, cluster, &id, false).await?;
     let removed = delete_objects(archive, &keys).await;
     tracing::info!(cluster, backup = %id, objects = removed, "backup deleted");
@@ -374,8 +433,19 @@ pub async fn set_keep(
     id: &str,
     keep: bool,
 ) -> Result<BackupInfo, BackupError> {
+    // Under the lock that deletion and retention decide under, so that a keep is either seen
+    // by them or refused because the backup is already going.
+    let lock = backups.cluster_lock(cluster);
+    let guard = lock.lock().await;
     let row = find(archive, cluster, id).await?;
+    if keep && row.info.status == "deleting" {
+        return Err(BackupError::Deleting(format!(
+            "backup {} is being removed by retention; it can no longer be kept",
+            row.info.id
+        )));
+    }
     catalog::set_keep(&archive.catalog, cluster, &row.info.id, keep).await?;
+    drop(guard);
     let row = find(archive, cluster, &row.info.id).await?;
     Ok(backups.present(row))
 }

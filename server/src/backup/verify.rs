@@ -24,7 +24,11 @@ struct ManifestEntry {
     sha256: Option<String>,
 }
 
-pub async fn verify(archive: &Archive, row: &BackupRow) -> Result<VerifyReport, BackupError> {
+pub async fn verify(
+    archive: &Archive,
+    row: &BackupRow,
+    progress: Option<&crate::jobs::runs::Progress>,
+) -> Result<VerifyReport, BackupError> {
     let info = &row.info;
     let cluster = info.cluster.as_str();
     let mut report = VerifyReport {
@@ -49,6 +53,21 @@ pub async fn verify(archive: &Archive, row: &BackupRow) -> Result<VerifyReport, 
 
     // 1. Every stored file, each distinct blob hashed once.
     let files = catalog::files(&archive.catalog, cluster, &info.id).await?;
+    let total: u64 = files
+        .iter()
+        .filter(|f| f.kind == "file")
+        .map(|f| f.size)
+        .sum();
+    let report_progress = |done: u64, step: &str| {
+        if let Some(p) = progress {
+            p.update(|p| {
+                p.total_bytes = Some(total);
+                p.done_bytes = done;
+                p.step = step.to_string();
+            });
+        }
+    };
+    report_progress(0, "re-hashing the backup's files");
     let mut checked: HashMap<String, Result<(), String>> = HashMap::new();
     for f in files.iter().filter(|f| f.kind == "file") {
         let where_ = display_path(f.tablespace_oid, &f.path);
@@ -67,7 +86,9 @@ pub async fn verify(archive: &Archive, row: &BackupRow) -> Result<VerifyReport, 
         }
         report.files_checked += 1;
         report.bytes_checked += f.size;
+        report_progress(report.bytes_checked, "re-hashing the backup's files");
     }
+    report_progress(report.bytes_checked, "checking the manifest and the WAL");
 
     // 2. The manifest, against the catalog.
     match (&row.manifest_key, &row.manifest_sha256) {

@@ -9,11 +9,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pgwal::api::{BackupFiles, BackupInfo, BackupRequest, KeepRequest, VerifyReport};
+use pgwal::api::{BackupFiles, BackupInfo, BackupRequest, JobReport, KeepRequest};
 
 use super::auth::Operation;
 use super::{authorize, json_or_default, ApiError, HttpState};
 use crate::backup::{self, catalog, BackupError};
+use crate::jobs::runs::{self, JobKind};
 use crate::wal::archive::ArchiveError;
 
 pub fn routes() -> Router<Arc<HttpState>> {
@@ -55,6 +56,31 @@ async fn start_backup(
     let req: BackupRequest = json_or_default(&body, "backup request")?;
     let info = backup::start(&state.archive, &state.config, &state.backups, &cluster, req).await?;
     tracing::info!(cluster, backup = %info.id, token = token.as_deref().unwrap_or("-"), "backup requested");
+    // Recorded as a job run too, like scheduled backups; the client follows the backup itself.
+    let (c, id) = (cluster.clone(), info.id.clone());
+    runs::start(
+        &state.app,
+        &cluster,
+        JobKind::Backup,
+        Some(&info.id),
+        |app, _| async move {
+            match crate::jobs::scheduler::backup_end(&app, &c, &id).await {
+                Ok(detail) => runs::Finished {
+                    result: "ok",
+                    error: None,
+                    detail: Some(detail),
+                    report: None,
+                },
+                Err(e) => runs::Finished {
+                    result: "failed",
+                    error: Some(e),
+                    detail: None,
+                    report: None,
+                },
+            }
+        },
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(info)).into_response())
 }
 
@@ -197,20 +223,51 @@ async fn get_blob(
     serve_verified(&state, &blob.object_key, &blob.sha256, blob.size, &headers).await
 }
 
+/// Starts a verify job of the backup (202 with its run): every stored file re-hashed, its WAL
+/// checked. The report is in the run once it ends; `wal-archive verify` follows it.
 async fn verify_backup(
     State(state): State<Arc<HttpState>>,
     Path((cluster, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<VerifyReport>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
     let row = backup::find(&state.archive, &cluster, &id).await?;
-    let report = backup::verify::verify(&state.archive, &row).await?;
-    if report.ok {
-        tracing::info!(cluster, backup = %report.id, files = report.files_checked, "backup verified");
-    } else {
-        tracing::error!(cluster, backup = %report.id, problems = ?report.problems, "backup verification found problems");
-    }
-    Ok(Json(report))
+    let backup_id = row.info.id.clone();
+    let run = runs::start(
+        &state.app,
+        &cluster,
+        JobKind::Verify,
+        Some(&backup_id),
+        |app, progress| async move {
+            match backup::verify::verify(&app.archive, &row, Some(&progress)).await {
+                Ok(report) => {
+                    let problems = report.problems.len();
+                    runs::Finished {
+                        result: if report.ok { "ok" } else { "failed" },
+                        error: (!report.ok).then(|| {
+                            format!(
+                                "{problems} problems, the first: {}",
+                                report.problems.first().map_or("", String::as_str)
+                            )
+                        }),
+                        detail: Some(format!(
+                            "backup {}: {} files, {} bytes checked",
+                            report.id, report.files_checked, report.bytes_checked
+                        )),
+                        report: Some(JobReport::Verify(report)),
+                    }
+                }
+                Err(e) => runs::Finished {
+                    result: "failed",
+                    error: Some(format!("verifying backup {}: {e}", row.info.id)),
+                    detail: None,
+                    report: None,
+                },
+            }
+        },
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(run)).into_response())
 }
 
 /// Re-verifies the object end to end, then streams it (zstd as stored when the client accepts

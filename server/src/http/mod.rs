@@ -191,6 +191,7 @@ impl From<BackupError> for ApiError {
             BackupError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown_backup"),
             BackupError::NotDone(_) => (StatusCode::CONFLICT, "backup_not_done"),
             BackupError::Kept(_) => (StatusCode::CONFLICT, "kept"),
+            BackupError::Deleting(_) => (StatusCode::CONFLICT, "deleting"),
             BackupError::MinimumRedundancy(_) => (StatusCode::CONFLICT, "minimum_redundancy"),
             BackupError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             BackupError::Archive(ArchiveError::Corrupt(_)) => {

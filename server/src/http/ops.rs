@@ -5,20 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pgwal::api::{JobRun, RetentionReport, SwitchWalRequest, SwitchWalResponse};
+use pgwal::api::{JobReport, JobRun, SwitchWalRequest, SwitchWalResponse};
 
 use super::auth::Operation;
 use super::{authorize, json_or_default, ApiError, HttpState};
 use crate::backup::BackupError;
-use crate::jobs::scheduler::{self, JobKind};
+use crate::jobs::runs::{self, JobKind};
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/v1/clusters/{cluster}/retention", post(retention))
         .route("/v1/clusters/{cluster}/jobs", get(jobs))
+        .route("/v1/clusters/{cluster}/jobs/{id}", get(job))
         .route("/v1/clusters/{cluster}/switch-wal", post(switch_wal))
 }
 
@@ -28,57 +30,82 @@ struct RetentionQuery {
     dry_run: bool,
 }
 
-/// Applies the retention policy now; a real run waits for a scheduled one in progress and is
-/// recorded as a job.
+/// `?dry_run=true`: what the retention policy would remove, now (200). Otherwise a retention
+/// job is started (202 with its run): it waits for a scheduled run in progress, and its report
+/// is in the run once it ends.
 async fn retention(
     State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     Query(q): Query<RetentionQuery>,
     headers: HeaderMap,
-) -> Result<Json<RetentionReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let token = authorize(&state, &headers, &cluster, Operation::Admin)?;
     let cfg = state.config.cluster(&cluster);
     if q.dry_run {
-        return Ok(Json(
+        let report =
             crate::jobs::retention::apply(&state.archive, &state.backups, &cfg, &cluster, true)
-                .await?,
-        ));
+                .await?;
+        return Ok(Json(report).into_response());
     }
-    let lock = state
-        .backups
-        .job_lock(&cluster, JobKind::Retention.as_str());
-    let _guard = lock.lock().await;
-    let cat = &state.archive.catalog;
-    let id = scheduler::record_start(cat, &cluster, JobKind::Retention, "api", None)
-        .await
-        .map_err(BackupError::from)?;
-    let result =
-        crate::jobs::retention::apply(&state.archive, &state.backups, &cfg, &cluster, false).await;
-    let (outcome, error, detail) = match &result {
-        Ok(r) => (
-            "ok",
-            None,
-            Some(format!(
-                "removed {} backups and {} WAL files",
-                r.removed_backups.len(),
-                r.removed_wal.len()
-            )),
-        ),
-        Err(e) => ("failed", Some(e.to_string()), None),
-    };
-    crate::metrics::record_job(&cluster, JobKind::Retention.as_str(), outcome);
-    if let Err(e) = scheduler::record_end(cat, id, outcome, error, detail).await {
-        tracing::error!(cluster, "cannot record the end of a retention run: {e}");
-    }
-    let report = result?;
+    let c = cluster.clone();
+    let run = runs::start(
+        &state.app,
+        &cluster,
+        JobKind::Retention,
+        None,
+        |app, progress| async move {
+            let lock = app.backups.job_lock(&c, JobKind::Retention.as_str());
+            progress.update(|p| p.step = "waiting for a retention run in progress".into());
+            let _guard = lock.lock().await;
+            progress.update(|p| p.step = "applying the policy".into());
+            let cfg = app.config.cluster(&c);
+            match crate::jobs::retention::apply(&app.archive, &app.backups, &cfg, &c, false).await {
+                Ok(r) => runs::Finished {
+                    result: "ok",
+                    error: None,
+                    detail: Some(format!(
+                        "removed {} backups and {} WAL files",
+                        r.removed_backups.len(),
+                        r.removed_wal.len()
+                    )),
+                    report: Some(JobReport::Retention(r)),
+                },
+                Err(e) => runs::Finished {
+                    result: "failed",
+                    error: Some(e.to_string()),
+                    detail: None,
+                    report: None,
+                },
+            }
+        },
+    )
+    .await?;
     tracing::info!(
         cluster,
         token = token.as_deref().unwrap_or("-"),
-        backups = report.removed_backups.len(),
-        wal = report.removed_wal.len(),
-        "retention run by request"
+        run = run.id,
+        "retention run requested"
     );
-    Ok(Json(report))
+    Ok((StatusCode::ACCEPTED, Json(run)).into_response())
+}
+
+/// One run of a job, with its progress while it runs and its report once it ended.
+async fn job(
+    State(state): State<Arc<HttpState>>,
+    Path((cluster, id)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<Json<JobRun>, ApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let run = runs::get(&state.archive.catalog, &cluster, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_job",
+                format!("cluster {cluster:?} has no job run {id} (wal-archive jobs --cluster {cluster})"),
+            )
+        })?;
+    Ok(Json(state.jobs.present(run)))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -93,7 +120,7 @@ async fn jobs(
     headers: HeaderMap,
 ) -> Result<Json<Vec<JobRun>>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
-    let runs = scheduler::list(
+    let runs = runs::list(
         &state.archive.catalog,
         &cluster,
         q.limit.unwrap_or(100).min(10_000),

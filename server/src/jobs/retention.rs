@@ -271,10 +271,18 @@ pub async fn apply(
     dry_run: bool,
 ) -> Result<RetentionReport, BackupError> {
     let now = backups.now();
-    let plan = plan(archive, cfg, cluster, now, dry_run).await?;
-    if dry_run || (plan.report.removed_backups.is_empty() && plan.report.removed_wal.is_empty()) {
+    if dry_run {
+        return Ok(plan(archive, cfg, cluster, now, true).await?.report);
+    }
+    // Decide and record under the lock that keep and delete take: a keep set while the plan
+    // is made is either seen by it or refused (the backup is then `deleting`).
+    let lock = backups.cluster_lock(cluster);
+    let guard = lock.lock().await;
+    let plan = plan(archive, cfg, cluster, now, false).await?;
+    if plan.report.removed_backups.is_empty() && plan.report.removed_wal.is_empty() {
         return Ok(plan.report);
     }
+    backups.pause_point("retention.planned").await;
     record_plan(
         &archive.catalog,
         cluster,
@@ -282,6 +290,7 @@ pub async fn apply(
         plan.wal.iter().map(|(n, _)| n.clone()).collect(),
     )
     .await?;
+    drop(guard);
     for id in &plan.report.removed_backups {
         backup::remove_marked(archive, backups, cluster, id).await?;
     }

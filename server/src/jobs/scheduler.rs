@@ -16,10 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use pgwal::api::{BackupRequest, JobRun};
-use rusqlite::{params, OptionalExtension};
 
+use super::runs::{self, JobKind};
 use crate::backup::{self, BackupError};
-use crate::catalog::{Catalog, CatalogError};
 use crate::state::AppState;
 
 /// A crontab: 5 fields (minute precision) or 6/7 with a leading seconds field.
@@ -35,21 +34,6 @@ pub fn parse_schedule(spec: &str) -> Result<cron::Schedule, String> {
         }
     };
     cron::Schedule::from_str(&full).map_err(|e| format!("not a crontab schedule: {e}"))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobKind {
-    Backup,
-    Retention,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Backup => "backup",
-            JobKind::Retention => "retention",
-        }
-    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -105,7 +89,7 @@ async fn run_schedule(
 ) {
     let now: DateTime<Utc> = state.backups.now().into();
     let previous = schedule.after(&now).next_back();
-    match last_run(&state.archive.catalog, &cluster, kind).await {
+    match runs::last_run(&state.archive.catalog, &cluster, kind).await {
         Ok(Some(last)) => {
             let last_at = last
                 .scheduled_at
@@ -163,7 +147,7 @@ pub async fn run_once(
 ) -> Option<JobRun> {
     let cat = &state.archive.catalog;
     let scheduled = scheduled_at.map(rfc3339);
-    let id = match record_start(cat, cluster, kind, trigger, scheduled.clone()).await {
+    let id = match runs::record_start(cat, cluster, kind, trigger, scheduled.clone(), None).await {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(
@@ -201,6 +185,7 @@ pub async fn run_once(
                     Err(e) => Outcome::Failed(e.to_string()),
                 }
             }
+            JobKind::Verify => Outcome::Failed("verify runs are never scheduled".into()),
         },
     };
     let (result, error, detail) = match outcome {
@@ -226,7 +211,7 @@ pub async fn run_once(
         ),
     }
     crate::metrics::record_job(cluster, kind.as_str(), result);
-    match record_end(cat, id, result, error, detail).await {
+    match runs::record_end(cat, id, result, error, detail, None).await {
         Ok(run) => Some(run),
         Err(e) => {
             tracing::error!(
@@ -260,133 +245,30 @@ async fn run_backup(state: &AppState, cluster: &str) -> Outcome {
         Err(BackupError::InProgress(m)) => return Outcome::Skipped(m),
         Err(e) => return Outcome::Failed(e.to_string()),
     };
+    match backup_end(state, cluster, &info.id).await {
+        Ok(detail) => Outcome::Ok(detail),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Waits until backup `id` of `cluster` ends: `Ok` with what to record when it is done, `Err`
+/// with why it is not.
+pub async fn backup_end(state: &AppState, cluster: &str, id: &str) -> Result<String, String> {
     loop {
-        match backup::catalog::get(&state.archive.catalog, cluster, &info.id).await {
-            Ok(Some(row)) if row.info.status == "done" => {
-                return Outcome::Ok(format!("backup {}", info.id))
-            }
+        match backup::catalog::get(&state.archive.catalog, cluster, id).await {
+            Ok(Some(row)) if row.info.status == "done" => return Ok(format!("backup {id}")),
             Ok(Some(row)) if row.info.status == "failed" => {
-                return Outcome::Failed(format!(
-                    "backup {} failed: {}",
-                    info.id,
+                return Err(format!(
+                    "backup {id} failed: {}",
                     row.info.reason.unwrap_or_default()
                 ))
             }
             Ok(Some(_)) => {}
-            Ok(None) => return Outcome::Failed(format!("backup {} vanished", info.id)),
-            Err(e) => return Outcome::Failed(e.to_string()),
+            Ok(None) => return Err(format!("backup {id} vanished")),
+            Err(e) => return Err(e.to_string()),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-const JOB_SELECT: &str = "SELECT id, cluster, kind, trigger, scheduled_at, started_at, ended_at, \
-    result, error, detail FROM jobs";
-
-fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRun> {
-    Ok(JobRun {
-        id: r.get(0)?,
-        cluster: r.get(1)?,
-        kind: r.get(2)?,
-        trigger: r.get(3)?,
-        scheduled_at: r.get(4)?,
-        started_at: r.get(5)?,
-        ended_at: r.get(6)?,
-        result: r.get(7)?,
-        error: r.get(8)?,
-        detail: r.get(9)?,
-    })
-}
-
-pub async fn record_start(
-    cat: &Catalog,
-    cluster: &str,
-    kind: JobKind,
-    trigger: &str,
-    scheduled_at: Option<String>,
-) -> Result<i64, CatalogError> {
-    let (cluster, trigger) = (cluster.to_string(), trigger.to_string());
-    cat.call(move |c| {
-        c.execute(
-            "INSERT INTO jobs (cluster, kind, trigger, scheduled_at, started_at, result)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
-            params![
-                cluster,
-                kind.as_str(),
-                trigger,
-                scheduled_at,
-                crate::catalog::now_rfc3339()
-            ],
-        )?;
-        Ok(c.last_insert_rowid())
-    })
-    .await
-}
-
-pub async fn record_end(
-    cat: &Catalog,
-    id: i64,
-    result: &str,
-    error: Option<String>,
-    detail: Option<String>,
-) -> Result<JobRun, CatalogError> {
-    let result = result.to_string();
-    cat.call(move |c| {
-        c.execute(
-            "UPDATE jobs SET ended_at = ?2, result = ?3, error = ?4, detail = ?5 WHERE id = ?1",
-            params![id, crate::catalog::now_rfc3339(), result, error, detail],
-        )?;
-        Ok(c.query_row(
-            &format!("{JOB_SELECT} WHERE id = ?1"),
-            params![id],
-            job_from_row,
-        )?)
-    })
-    .await
-}
-
-/// The newest recorded run of a job.
-pub async fn last_run(
-    cat: &Catalog,
-    cluster: &str,
-    kind: JobKind,
-) -> Result<Option<JobRun>, CatalogError> {
-    let cluster = cluster.to_string();
-    cat.call(move |c| {
-        Ok(c.query_row(
-            &format!("{JOB_SELECT} WHERE cluster = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1"),
-            params![cluster, kind.as_str()],
-            job_from_row,
-        )
-        .optional()?)
-    })
-    .await
-}
-
-/// The runs of a cluster's jobs, newest first (at most `limit`).
-pub async fn list(cat: &Catalog, cluster: &str, limit: u32) -> Result<Vec<JobRun>, CatalogError> {
-    let cluster = cluster.to_string();
-    cat.call(move |c| {
-        let mut stmt = c.prepare(&format!(
-            "{JOB_SELECT} WHERE cluster = ?1 ORDER BY id DESC LIMIT ?2"
-        ))?;
-        let rows = stmt.query_map(params![cluster, limit], job_from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    })
-    .await
-}
-
-/// Start-up: runs still marked `running` were interrupted by the server stopping.
-pub async fn fail_interrupted(cat: &Catalog) -> Result<usize, CatalogError> {
-    cat.call(move |c| {
-        Ok(c.execute(
-            "UPDATE jobs SET result = 'failed', ended_at = ?1,
-                 error = 'interrupted: the server stopped during the run'
-             WHERE result = 'running'",
-            params![crate::catalog::now_rfc3339()],
-        )?)
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ pub async fn server_with_config(data_dir: &Path, text: &str, streaming: bool) ->
         config: Arc::new(config.clone()),
         receivers,
         backups: Default::default(),
+        jobs: Default::default(),
     });
     let env = Env {
         state,
@@ -116,6 +117,7 @@ pub fn pg_section(pg: &Pg, streaming: bool, extra: &str) -> Result<String> {
 
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -123,6 +125,54 @@ impl Reply {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.body)
             .with_context(|| format!("{}: {}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn error(&self) -> Result<pgwal::api::ErrorBody> {
+        self.json()
+    }
+}
+
+/// Starts a job with `POST path` (202 and its run) and follows it until it ends; returns the
+/// ended run.
+pub async fn run_job(env: &Env, path: &str) -> Result<pgwal::api::JobRun> {
+    let r = call(env, "POST", path, "").await?;
+    if r.status != StatusCode::ACCEPTED {
+        bail!(
+            "POST {path}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let mut run: pgwal::api::JobRun = r.json()?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while run.result == "running" {
+        if tokio::time::Instant::now() > deadline {
+            bail!("job {} of {path} still running after {DEADLINE:?}", run.id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        run = call(
+            env,
+            "GET",
+            &format!("/v1/clusters/{}/jobs/{}", run.cluster, run.id),
+            "",
+        )
+        .await?
+        .json()?;
+    }
+    Ok(run)
+}
+
+/// `verify` of backup `id` of cluster `main`, as a job; its report.
+pub async fn verify(env: &Env, id: &str) -> Result<pgwal::api::VerifyReport> {
+    let run = run_job(env, &format!("/v1/clusters/main/backups/{id}/verify")).await?;
+    match run.report {
+        Some(pgwal::api::JobReport::Verify(r)) => Ok(r),
+        other => bail!(
+            "verify job {} ended {} with {other:?}: {:?}",
+            run.id,
+            run.result,
+            run.error
+        ),
     }
 }
 
@@ -136,8 +186,13 @@ pub async fn call_bytes(env: &Env, method: &str, path: &str, body: Vec<u8>) -> R
         .oneshot(req)
         .await?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub async fn call(env: &Env, method: &str, path: &str, body: &str) -> Result<Reply> {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use pgwal::api::{BackupInfo, BackupRequest, KeepRequest, VerifyReport};
+use pgwal::api::{BackupInfo, BackupRequest, JobReport, JobRun, KeepRequest, VerifyReport};
 
 use crate::args::Checkpoint;
 use crate::client::{read_json, with_retries, Client};
@@ -105,7 +105,12 @@ pub fn list(client: &Client, cluster: &str) -> Result<Vec<BackupInfo>> {
 }
 
 /// `POST .../backups/{id}/verify` for one backup, or for every done backup when `id` is `None`.
-pub fn verify(client: &Client, cluster: &str, id: Option<&str>) -> Result<Vec<VerifyReport>> {
+pub fn verify(
+    client: &Client,
+    cluster: &str,
+    id: Option<&str>,
+    json: bool,
+) -> Result<Vec<VerifyReport>> {
     let ids = match id {
         Some(id) => vec![resolve(client, cluster, id)?],
         None => {
@@ -121,13 +126,23 @@ pub fn verify(client: &Client, cluster: &str, id: Option<&str>) -> Result<Vec<Ve
             done
         }
     };
+    // Each verify is a job on the server (a big backup takes long to re-hash), followed here.
     let mut reports = Vec::new();
     for id in ids {
         let resp = client.post_json(
             &format!("{}/{id}/verify", backups_path(cluster)),
             &serde_json::json!({}),
         )?;
-        reports.push(read_json(resp, &[200])?);
+        let run: JobRun = read_json(resp, &[202])?;
+        let run = crate::ops::jobs::follow(client, run, &format!("verify {id}"), json)?;
+        match run.report {
+            Some(JobReport::Verify(r)) => reports.push(r),
+            _ => bail!(
+                "verify of backup {id} {}: {}",
+                run.result,
+                run.error.as_deref().unwrap_or("no report")
+            ),
+        }
     }
     Ok(reports)
 }

@@ -1,17 +1,71 @@
 //! Operator commands for running unattended: `retention`, `jobs`, `switch-wal`.
 
-use anyhow::{Context, Result};
-use pgwal::api::{JobRun, RetentionReport, SwitchWalRequest, SwitchWalResponse};
+use std::time::Duration;
 
-use crate::client::{read_json, Client};
+use anyhow::{bail, Context, Result};
+use pgwal::api::{JobReport, JobRun, RetentionReport, SwitchWalRequest, SwitchWalResponse};
 
-/// `wal-archive retention --cluster C [--dry-run]`.
-pub fn retention(client: &Client, cluster: &str, dry_run: bool) -> Result<RetentionReport> {
+use crate::client::{read_json, with_retries, Client};
+use crate::ops::progress::{bytes_bar, set_total};
+
+/// How often a followed job is looked at.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// `wal-archive retention --cluster C [--dry-run]`: a dry run answers at once; a real run is a
+/// job on the server, followed to its end.
+pub fn retention(
+    client: &Client,
+    cluster: &str,
+    dry_run: bool,
+    json: bool,
+) -> Result<RetentionReport> {
     let path = format!("/v1/clusters/{cluster}/retention?dry_run={dry_run}");
     let resp = client
         .post_json(&path, &serde_json::json!({}))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    read_json(resp, &[200]).map_err(|e| anyhow::anyhow!("{e}"))
+    if dry_run {
+        return read_json(resp, &[200]).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    let run: JobRun = read_json(resp, &[202]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let run = follow(client, run, "retention", json)?;
+    match run.report {
+        Some(JobReport::Retention(r)) => Ok(r),
+        _ => bail!(
+            "retention run {} {}: {}",
+            run.id,
+            run.result,
+            run.error.as_deref().unwrap_or("no report")
+        ),
+    }
+}
+
+/// Follows a job the server runs until it ends, showing its progress on a terminal (not with
+/// `--json`). The job goes on in the server whatever happens here: a lost connection is
+/// retried, and an interrupted command can look again with `wal-archive jobs`.
+pub fn follow(client: &Client, mut run: JobRun, what: &str, json: bool) -> Result<JobRun> {
+    let bar = bytes_bar(None, json);
+    bar.set_message(format!("{what} (job {})", run.id));
+    let path = format!("/v1/clusters/{}/jobs/{}", run.cluster, run.id);
+    while run.result == "running" {
+        if let Some(p) = &run.progress {
+            if let Some(total) = p.total_bytes {
+                set_total(&bar, total.max(p.done_bytes));
+            }
+            bar.set_position(p.done_bytes);
+            if !p.step.is_empty() {
+                bar.set_message(format!("{what}: {}", p.step));
+            }
+        }
+        std::thread::sleep(POLL_EVERY);
+        run = with_retries(
+            Duration::from_secs(60),
+            &format!("following job {}", run.id),
+            || client.get_json(&path),
+        )
+        .with_context(|| format!("following {what} job {} on the server", run.id))?;
+    }
+    bar.finish_and_clear();
+    Ok(run)
 }
 
 pub fn print_retention(r: &RetentionReport) {
