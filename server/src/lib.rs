@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod crash;
 pub mod http;
 pub mod jobs;
 

@@ -27,6 +27,8 @@ pub struct Server {
     port: u16,
     child: Option<Child>,
     dir: TestDir,
+    /// Extra environment of the process (crash points, credentials).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -64,6 +66,7 @@ impl Server {
             port: free_port()?,
             child: None,
             dir: dir.clone(),
+            env: Vec::new(),
         })
     }
 
@@ -98,6 +101,9 @@ impl Server {
             None => Command::new(&self.bin),
         };
         scrub_env(&mut cmd);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         cmd.current_dir(self.dir.path());
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
@@ -134,6 +140,37 @@ impl Server {
                 .with_context(|| format!("--- server log (tail) ---\n{}", tail_file(&log, 40)));
         }
         Ok(())
+    }
+
+    /// Sets `key=value` in the environment of the next [`Server::start_again`] (and those after).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Removes `key` from the environment of the next start.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Waits until the server process exits by itself (a crash point), and reaps it; fails if
+    /// it still runs after `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("server not started")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "the server still runs after {deadline:?}\n--- server log (tail) ---\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Replaces the configuration file (or gives the server one) with `config`; it is read at

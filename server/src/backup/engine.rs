@@ -68,6 +68,7 @@ impl Job {
                     size = self.row.info.size_bytes, stored = self.row.info.stored_bytes,
                     deduplicated = self.row.info.deduplicated_bytes, "backup done");
                 self.save().await;
+                crate::crash::point("backup.done");
             }
             Err(reason) => self.fail(reason).await,
         }
@@ -334,6 +335,7 @@ impl Job {
         self.row.info.end_time = Some(now_rfc3339());
         self.row.info.status = "waiting_for_wal".into();
         self.save().await;
+        crate::crash::point("backup.streamed");
         tracing::info!(cluster = %self.cluster, backup = %self.id(), begin = %start_lsn, end = %end_lsn,
             "backup streamed; waiting for its WAL to be archived");
         Ok(())
@@ -460,6 +462,9 @@ impl Job {
                 .map_err(|e| e.to_string())?;
                 self.row.info.size_bytes += size;
                 self.row.info.file_count += 1;
+                if self.row.info.file_count == 1 {
+                    crate::crash::point("backup.streaming");
+                }
             }
         }
         Ok(())

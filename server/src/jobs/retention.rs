@@ -291,9 +291,11 @@ pub async fn apply(
     )
     .await?;
     drop(guard);
+    crate::crash::point("retention.planned");
     for id in &plan.report.removed_backups {
         backup::remove_marked(archive, backups, cluster, id).await?;
     }
+    crate::crash::point("retention.backups_removed");
     finish_wal(archive, cluster).await?;
     tracing::info!(
         cluster,
@@ -363,6 +365,7 @@ async fn finish_wal(archive: &Archive, cluster: &str) -> Result<usize, BackupErr
         };
         archive.blobs.delete(&key).await?;
     }
+    crate::crash::point("retention.wal_objects_removed");
     let c2 = cluster.to_string();
     let names: Vec<String> = pending.into_iter().map(|(n, _)| n).collect();
     let n = names.len();

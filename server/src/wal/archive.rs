@@ -470,6 +470,7 @@ impl Archive {
                 return Err(e);
             }
         };
+        crate::crash::point("ingest.received");
         let incoming = Incoming {
             name,
             sha256: &sha256,
@@ -534,6 +535,7 @@ impl Archive {
             .await?
         {
             PutOutcome::Created => {
+                crate::crash::point("ingest.published");
                 let stored_size = pipeline.written;
                 let new_row = WalRow {
                     cluster: cluster.to_string(),
@@ -554,6 +556,7 @@ impl Archive {
                 } else {
                     self.catalog.insert_wal(new_row).await?;
                 }
+                crate::crash::point("ingest.cataloged");
                 Ok(IngestResult {
                     stored: Stored::Created,
                     sha256,

@@ -57,11 +57,10 @@ pub fn follow(client: &Client, mut run: JobRun, what: &str, json: bool) -> Resul
             }
         }
         std::thread::sleep(POLL_EVERY);
-        run = with_retries(
-            Duration::from_secs(60),
-            &format!("following job {}", run.id),
-            || client.get_json(&path),
-        )
+        let window = client.settings.retry_for.unwrap_or(Duration::from_secs(60));
+        run = with_retries(window, &format!("following job {}", run.id), || {
+            client.get_json(&path)
+        })
         .with_context(|| format!("following {what} job {} on the server", run.id))?;
     }
     bar.finish_and_clear();
