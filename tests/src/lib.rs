@@ -29,6 +29,8 @@
 //!   backlog of `.ready` segments archived mostly from records.
 //! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:
 //!   exit codes that tell PostgreSQL the truth, an owner-only data directory.
+//! - `timelines.rs`: what PostgreSQL writes around promotions and PITR is accepted: a history
+//!   file with decreasing switchpoints, a second `.partial` of the same WAL.
 //! - `prefetch.rs`: the asynchronous fetch spool: a corrupted spooled file is discarded at
 //!   hand-over, never handed over; one prefetch worker per spool, token out of its arguments,
 //!   exit when idle; recovery across a promotion's timeline switch with prefetch on.
