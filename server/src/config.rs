@@ -33,6 +33,7 @@ struct FileConfig {
     storage: Option<StorageConfig>,
     max_concurrent_uploads: Option<usize>,
     metrics_require_token: Option<bool>,
+    body_idle_timeout: Option<u64>,
     #[serde(default)]
     tokens: Vec<TokenConfig>,
     #[serde(default)]
@@ -198,6 +199,8 @@ pub struct Config {
     pub max_concurrent_uploads: usize,
     /// `/metrics` answers only requests with a valid token (of any role).
     pub metrics_require_token: bool,
+    /// An upload that sends nothing for this long is abandoned (nothing stored).
+    pub body_idle_timeout: std::time::Duration,
     pub tokens: Vec<TokenConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
 }
@@ -345,6 +348,13 @@ impl Config {
                     .into(),
             ));
         }
+        let body_idle_timeout =
+            std::time::Duration::from_secs(file.body_idle_timeout.unwrap_or(60));
+        if body_idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "body_idle_timeout = 0: an upload must be given at least a second".into(),
+            ));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -352,6 +362,7 @@ impl Config {
             storage,
             max_concurrent_uploads,
             metrics_require_token,
+            body_idle_timeout,
             tokens: file.tokens,
             clusters: file.clusters,
         })

@@ -31,6 +31,14 @@
 //!   killed before `done` is failed and leaves no objects, one killed after `done` is still
 //!   done and verifies; a retention run killed anywhere is finished at the next start, leaving
 //!   exactly the retained backups, all verifying, and no WAL row without its object.
+//! - `bad_bodies_are_refused_and_nothing_is_stored`: over raw HTTP to the real server: a body
+//!   torn off mid-way (the connection closed), a body that stalls past `body_idle_timeout`, a
+//!   zstd body cut inside its frame or with bytes after it, a plain body sent as zstd, an
+//!   unknown encoding, a body longer than a segment, a zstd body padded with skippable
+//!   frames: each refused (or dropped) and nothing stored; a slow but steady body is stored.
+//! - `a_full_disk_refuses_and_loses_nothing`: the data directory on a small tmpfs filled to the
+//!   brim: pushes fail (507 or 503) and PostgreSQL would keep its files; once space is freed the
+//!   same pushes succeed and every file acknowledged before is served.
 //! - `a_silent_partition_is_noticed_and_healed`: the receiver's connection goes silent (a proxy
 //!   stops forwarding without closing): within `receiver_timeout` the receiver reports
 //!   `reconnecting` and `check` fails; once the network is back it streams again, with no gap.
@@ -784,5 +792,305 @@ fn kill_9_at_every_step_of_retention() -> Result<()> {
         let orphans = orphan_objects(&server, "main")?;
         ensure!(orphans.is_empty(), "after {point}: {orphans:?}");
     }
+    Ok(())
+}
+
+/// One raw HTTP/1.1 `PUT` of `parts` (each sent after its pause) to the server on `port`, with
+/// `Content-Length` of `declared` bytes and the extra `headers`. With `close_early`, the
+/// connection is closed after the parts, whatever was declared. Returns the status and body
+/// of the answer, or `None` when none came (the server dropped the connection).
+fn raw_put(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    declared: usize,
+    parts: &[(Vec<u8>, Duration)],
+    close_early: bool,
+) -> Result<Option<(u16, String)>> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n\
+         Connection: close\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    for (bytes, pause) in parts {
+        std::thread::sleep(*pause);
+        if conn.write_all(bytes).is_err() {
+            break;
+        }
+    }
+    if close_early {
+        drop(conn);
+        return Ok(None);
+    }
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok());
+    Ok(status.map(|s| (s, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string())))
+}
+
+/// A bad body: what it is, its headers, the length it declares, its parts (each sent after its
+/// pause), whether the client hangs up after them, and the statuses it may get (none: the
+/// server may only drop the connection).
+struct BodyCase<'a>(
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    usize,
+    Vec<(Vec<u8>, Duration)>,
+    bool,
+    &'a [u16],
+);
+
+#[test]
+fn bad_bodies_are_refused_and_nothing_is_stored() -> Result<()> {
+    let dir = TestDir::new("bad-bodies")?;
+    let server = Server::start_with_config(&dir, Some("body_idle_timeout = 2\n"))?;
+    let factory = WalFactory::start(&dir, "pg")?;
+    let names = factory.make_segments(3)?;
+    // The cluster is bound by a first segment, so that its bodies have their size limit.
+    server.cli()?.run_ok([
+        "push",
+        "--cluster",
+        "main",
+        &factory.path(&names[0]).to_string_lossy(),
+    ])?;
+    let name = &names[1];
+    let plain = factory.read(name)?;
+    let path = format!("/v1/clusters/main/wal/{name}");
+    let whole = zstd::encode_all(&plain[..], 3)?;
+    let mut cut = whole.clone();
+    cut.truncate(whole.len() - 3);
+    let mut trailing = whole.clone();
+    trailing.extend_from_slice(b"TRAILER!");
+    let mut padded = Vec::new();
+    for _ in 0..3 {
+        padded.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        padded.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        padded.extend_from_slice(&vec![0u8; 1 << 20]);
+    }
+    padded.extend_from_slice(&whole);
+    let mut long = plain.clone();
+    long.push(0);
+    let now = Duration::ZERO;
+    let zstd = [("Content-Encoding", "zstd")];
+    let half = plain[..plain.len() / 2].to_vec();
+    let cases: Vec<BodyCase> = vec![
+        BodyCase(
+            "torn off",
+            &[],
+            plain.len(),
+            vec![(half.clone(), now)],
+            true,
+            &[],
+        ),
+        BodyCase(
+            "stalled",
+            &[],
+            plain.len(),
+            vec![(half.clone(), now)],
+            false,
+            &[400],
+        ),
+        BodyCase(
+            "zstd cut short",
+            &zstd,
+            cut.len(),
+            vec![(cut.clone(), now)],
+            false,
+            &[422],
+        ),
+        BodyCase(
+            "zstd with bytes after",
+            &zstd,
+            trailing.len(),
+            vec![(trailing.clone(), now)],
+            false,
+            &[422],
+        ),
+        BodyCase(
+            "plain sent as zstd",
+            &zstd,
+            plain.len(),
+            vec![(plain.clone(), now)],
+            false,
+            &[422],
+        ),
+        BodyCase(
+            "unknown encoding",
+            &[("Content-Encoding", "gzip")],
+            plain.len(),
+            vec![(plain.clone(), now)],
+            false,
+            &[415],
+        ),
+        BodyCase(
+            "longer than a segment",
+            &[],
+            long.len(),
+            vec![(long.clone(), now)],
+            false,
+            &[422],
+        ),
+        BodyCase(
+            "padded with skippable frames",
+            &zstd,
+            padded.len(),
+            vec![(padded.clone(), now)],
+            false,
+            &[422],
+        ),
+    ];
+    let tried = cases.len();
+    for BodyCase(what, headers, declared, parts, close, statuses) in cases {
+        let answer = raw_put(server.port(), &path, headers, declared, &parts, close)?;
+        if let Some((status, body)) = &answer {
+            ensure!(
+                statuses.contains(status),
+                "{what}: HTTP {status} {body}, wanted one of {statuses:?}"
+            );
+        }
+        let r = server.api().get_wal("main", name, None)?;
+        ensure!(r.status == 404, "{what}: {name} was stored: {}", r.short());
+    }
+    // A slow but steady body (a piece every half second, each under the idle timeout).
+    let steady: Vec<(Vec<u8>, Duration)> = plain
+        .chunks(plain.len() / 6 + 1)
+        .map(|c| (c.to_vec(), Duration::from_millis(500)))
+        .collect();
+    let answer = raw_put(server.port(), &path, &[], plain.len(), &steady, false)?;
+    ensure!(
+        matches!(answer, Some((201, _))),
+        "a slow, steady upload: {answer:?}"
+    );
+    let r = server.api().get_wal("main", name, None)?;
+    ensure!(r.status == 200 && r.body == plain, "{name} served back");
+    ensure!(tried == 8);
+    Ok(())
+}
+
+/// A tmpfs of `size` mounted at `path` for the test; unmounted when dropped.
+struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(path)?;
+        let out = wal_archive_e2e::run_with_deadline(
+            std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(path),
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            out.success(),
+            "this test needs to mount a small tmpfs (as root) to fill a disk for real: {}",
+            out.describe()
+        );
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_and_loses_nothing() -> Result<()> {
+    let dir = TestDir::new("disk-full")?;
+    let mut server = Server::prepare(&dir, None)?;
+    let disk = Tmpfs::mount(server.data_dir(), "24m")?;
+    server.start_again()?;
+    let factory = WalFactory::start(&dir, "pg")?;
+    let cli = server.cli()?;
+    let push = |name: &str| {
+        cli.run([
+            "--retry-for",
+            "1",
+            "--look-ahead",
+            "0",
+            "push",
+            "--cluster",
+            "main",
+            &factory.path(name).to_string_lossy(),
+        ])
+    };
+    let mut stored = Vec::new();
+    for name in factory.make_segments(3)? {
+        ensure!(push(&name)?.success());
+        stored.push(name);
+    }
+    // Fill the disk to the last few kilobytes.
+    let filler = disk.path.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![0xA5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let waiting = factory.make_segments(3)?;
+    for name in &waiting {
+        let out = push(name)?;
+        ensure!(!out.success(), "push of {name} to a full disk exited 0");
+        ensure!(
+            out.stderr.contains("507") || out.stderr.contains("503"),
+            "{}",
+            out.describe()
+        );
+    }
+    // Everything acknowledged before is still served, byte for byte.
+    for name in &stored {
+        let r = server.api().get_wal("main", name, None)?;
+        ensure!(
+            r.status == 200 && r.body == factory.read(name)?,
+            "{name} on a full disk"
+        );
+    }
+    // Space back: PostgreSQL's retries succeed.
+    std::fs::remove_file(&filler)?;
+    for name in &waiting {
+        let out = push(name)?;
+        ensure!(
+            out.success(),
+            "{name} once space is back: {}",
+            out.describe()
+        );
+        stored.push(name.clone());
+    }
+    for name in &stored {
+        let r = server.api().get_wal("main", name, None)?;
+        ensure!(
+            r.status == 200 && r.body == factory.read(name)?,
+            "{name} at the end"
+        );
+    }
+    let listing = server.api().wal_listing("main", None)?;
+    ensure!(
+        listing["missing"].as_array().is_none_or(|m| m.is_empty()),
+        "{listing}"
+    );
+    server.stop()?;
     Ok(())
 }

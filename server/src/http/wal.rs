@@ -172,6 +172,7 @@ async fn put_wal_inner(
         zstd,
         claimed_sha256,
         claimed_xxh3,
+        idle_timeout: state.config.body_idle_timeout,
     };
     let r = state
         .archive

@@ -537,6 +537,7 @@ impl Receiver {
             zstd: false,
             claimed_sha256: None,
             claimed_xxh3: None,
+            idle_timeout: crate::wal::archive::BODY_IDLE_TIMEOUT,
         };
         let r = self
             .archive

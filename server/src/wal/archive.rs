@@ -19,7 +19,8 @@ use crate::wal::object_format::{Compressor, Decompressor, Trailer, TRAILER_LEN};
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 /// `.history` and `.backup` files are a few hundred bytes; anything near this is not one.
 pub const MAX_SMALL_FILE_BYTES: u64 = 1 << 20;
-/// A client that sends nothing for this long is disconnected (DESIGN §7.6: nothing hangs).
+/// A client that sends nothing for this long is disconnected (DESIGN §7.6: nothing hangs); the
+/// default of `body_idle_timeout`.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Compressed output is handed to storage in pieces of about this size.
 const OUTPUT_FLUSH_BYTES: usize = 1 << 20;
@@ -101,6 +102,8 @@ pub struct Upload<S> {
     pub claimed_sha256: Option<String>,
     /// `X-Content-Xxh3` as claimed by the client, lowercase hex.
     pub claimed_xxh3: Option<String>,
+    /// The longest wait for the next piece of the body.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -676,15 +679,14 @@ impl Archive {
         E: std::fmt::Display,
     {
         let mut body = upload.body;
+        let idle = upload.idle_timeout;
         loop {
-            let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next())
-                .await
-                .map_err(|_| {
-                    ArchiveError::Body(format!(
-                        "no data received for {}s; upload abandoned",
-                        BODY_IDLE_TIMEOUT.as_secs()
-                    ))
-                })?;
+            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                ArchiveError::Body(format!(
+                    "no data received for {}s; upload abandoned, nothing stored",
+                    idle.as_secs()
+                ))
+            })?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| ArchiveError::Body(format!("reading the body: {e}")))?;
             p.feed(&chunk)?;
