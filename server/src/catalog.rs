@@ -299,11 +299,50 @@ impl Catalog {
         .await
     }
 
-    pub async fn all_wal(&self) -> Result<Vec<WalRow>, CatalogError> {
-        self.call(move |c| {
-            let mut stmt = c.prepare(WAL_SELECT)?;
-            let rows = stmt.query_map([], wal_from_row)?;
+    /// The directories (`wal/CLUSTER/DIR/`) the cataloged WAL objects are in.
+    pub async fn wal_dirs(&self) -> Result<Vec<String>, CatalogError> {
+        self.read(move |c| {
+            // object_key = DIR + name + ".zst".
+            let mut stmt = c.prepare(
+                "SELECT DISTINCT substr(object_key, 1, length(object_key) - length(name) - 4)
+                 FROM wal_files",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    /// The rows whose object key starts with `dir` (an index range).
+    pub async fn wal_under(&self, dir: &str) -> Result<Vec<WalRow>, CatalogError> {
+        let (from, to) = (dir.to_string(), format!("{dir}\u{10FFFF}"));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{WAL_SELECT} WHERE object_key >= ?1 AND object_key < ?2"
+            ))?;
+            let rows = stmt.query_map(params![from, to], wal_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Sets the state of many rows in one transaction: (cluster, name, state).
+    pub async fn set_wal_states(
+        &self,
+        states: Vec<(String, String, &'static str)>,
+    ) -> Result<(), CatalogError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE wal_files SET state = ?3 WHERE cluster = ?1 AND name = ?2",
+                )?;
+                for (cluster, name, state) in &states {
+                    stmt.execute(params![cluster, name, state])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

@@ -84,6 +84,12 @@ impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>> {
         self.inner.list(prefix)
     }
+    fn list_dirs<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        self.inner.list_dirs(prefix)
+    }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         self.inner.delete(key)
     }

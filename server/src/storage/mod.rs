@@ -105,6 +105,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Size of the object, or `None` when absent.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>>;
+    /// The "directories" right under `prefix` (which ends with `/`): each common prefix of the
+    /// keys below it up to their next `/`, itself ending with `/`.
+    fn list_dirs<'a>(&'a self, prefix: &'a str)
+        -> BoxFuture<'a, Result<Vec<String>, StorageError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
     /// Removes the debris of uploads interrupted by a crash; returns how many were removed.
     fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>>;

@@ -131,6 +131,24 @@ impl BlobStore for ObjectStoreBlobs {
         })
     }
 
+    fn list_dirs<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        Box::pin(async move {
+            let result = self
+                .store
+                .list_with_delimiter(Some(&ObjectPath::from(prefix)))
+                .await
+                .map_err(StorageError::from_object_store)?;
+            Ok(result
+                .common_prefixes
+                .into_iter()
+                .map(|p| format!("{p}/"))
+                .collect())
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             match self.store.delete(&ObjectPath::from(key)).await {

@@ -11,7 +11,7 @@
 //! - rows without an object (someone deleted files): marked `missing` and reported; they are not
 //!   served, and `wal` lists them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures::StreamExt;
 use pgwal::checksum::Sha256;
@@ -65,70 +65,23 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
             .map_err(|e| ArchiveError::Storage(e.to_string()))?;
         report.swept += 1;
     }
-    let objects = archive
-        .blobs
-        .list("wal")
-        .await
-        .map_err(|e| ArchiveError::Storage(e.to_string()))?;
-    let rows = archive.catalog.all_wal().await?;
-    let by_key: HashMap<&str, &WalRow> = rows.iter().map(|r| (r.object_key.as_str(), r)).collect();
-    let present: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-
-    for obj in &objects {
-        if let Some(row) = by_key.get(obj.key.as_str()) {
-            if row.state != "ok" {
-                archive
-                    .catalog
-                    .set_wal_state(&row.cluster, &row.name, "ok")
-                    .await?;
-                report.recovered += 1;
-            }
-            continue;
-        }
-        let mut attempt = 1;
-        loop {
-            match index_object(archive, &obj.key, obj.size).await {
-                Ok(()) => {
-                    tracing::info!(key = %obj.key, "reconcile: indexed an object the catalog did not list");
-                    report.indexed += 1;
-                }
-                Err(Unindexed::Corrupt(why)) => {
-                    tracing::error!(key = %obj.key, "reconcile: quarantining object: {why}");
-                    archive.quarantine(&obj.key).await?;
-                    report.quarantined.push(obj.key.clone());
-                }
-                Err(Unindexed::Transient(why)) if attempt < ATTEMPTS => {
-                    let pause = std::time::Duration::from_millis(250 << attempt);
-                    tracing::warn!(key = %obj.key, attempt, "reconcile: cannot check object now ({why}); retrying in {pause:?}");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                    continue;
-                }
-                Err(Unindexed::Transient(why)) => {
-                    return Err(ArchiveError::Storage(format!(
-                        "cannot check the uncataloged object {} ({why}) after {ATTEMPTS} \
-                         attempts; start-up stopped rather than quarantine what may be an \
-                         acknowledged file: make storage and the catalog reachable and start \
-                         the server again",
-                        obj.key
-                    )));
-                }
-            }
-            break;
-        }
-    }
-    for row in &rows {
-        if row.state == "ok" && !present.contains(row.object_key.as_str()) {
-            tracing::error!(
-                cluster = %row.cluster, file = %row.name, key = %row.object_key,
-                "reconcile: the catalog lists this file but storage has no object for it; it will not be served"
-            );
+    // One directory of WAL objects at a time (at most one log file's worth of segments, or a
+    // cluster's history files), against the rows whose objects belong there: memory stays
+    // bounded by a directory, and the work is a listing and an index range per directory;
+    // only objects without a row are read.
+    let mut dirs: BTreeSet<String> = archive.catalog.wal_dirs().await?.into_iter().collect();
+    let storage = |e: crate::storage::StorageError| ArchiveError::Storage(e.to_string());
+    for cluster_dir in archive.blobs.list_dirs("wal/").await.map_err(storage)? {
+        dirs.extend(
             archive
-                .catalog
-                .set_wal_state(&row.cluster, &row.name, "missing")
-                .await?;
-            report.missing.push(format!("{}/{}", row.cluster, row.name));
-        }
+                .blobs
+                .list_dirs(&cluster_dir)
+                .await
+                .map_err(storage)?,
+        );
+    }
+    for dir in dirs {
+        reconcile_dir(archive, &dir, &mut report).await?;
     }
     tracing::info!(
         swept = report.swept,
@@ -139,6 +92,87 @@ pub async fn reconcile(archive: &Archive) -> Result<ReconcileReport, ArchiveErro
         "storage reconciled with the catalog"
     );
     Ok(report)
+}
+
+/// Reconciles the objects of one directory (`wal/CLUSTER/DIR/`) with the rows that name them.
+async fn reconcile_dir(
+    archive: &Archive,
+    dir: &str,
+    report: &mut ReconcileReport,
+) -> Result<(), ArchiveError> {
+    let objects = archive
+        .blobs
+        .list(dir)
+        .await
+        .map_err(|e| ArchiveError::Storage(e.to_string()))?;
+    let rows = archive.catalog.wal_under(dir).await?;
+    let by_key: HashMap<&str, &WalRow> = rows.iter().map(|r| (r.object_key.as_str(), r)).collect();
+    let present: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let mut states = Vec::new();
+    for obj in &objects {
+        if let Some(row) = by_key.get(obj.key.as_str()) {
+            if row.state != "ok" {
+                states.push((row.cluster.clone(), row.name.clone(), "ok"));
+                report.recovered += 1;
+            }
+            continue;
+        }
+        index_with_retries(archive, &obj.key, obj.size, report).await?;
+    }
+    for row in &rows {
+        if row.state == "ok" && !present.contains(row.object_key.as_str()) {
+            tracing::error!(
+                cluster = %row.cluster, file = %row.name, key = %row.object_key,
+                "reconcile: the catalog lists this file but storage has no object for it; it will not be served"
+            );
+            states.push((row.cluster.clone(), row.name.clone(), "missing"));
+            report.missing.push(format!("{}/{}", row.cluster, row.name));
+        }
+    }
+    if !states.is_empty() {
+        archive.catalog.set_wal_states(states).await?;
+    }
+    Ok(())
+}
+
+/// Indexes an object without a row, or quarantines it when proven corrupt; retries a storage
+/// or catalog error, then stops start-up rather than quarantine an object it could not check.
+async fn index_with_retries(
+    archive: &Archive,
+    key: &str,
+    size: u64,
+    report: &mut ReconcileReport,
+) -> Result<(), ArchiveError> {
+    let mut attempt = 1;
+    loop {
+        match index_object(archive, key, size).await {
+            Ok(()) => {
+                tracing::info!(key = %key, "reconcile: indexed an object the catalog did not list");
+                report.indexed += 1;
+            }
+            Err(Unindexed::Corrupt(why)) => {
+                tracing::error!(key = %key, "reconcile: quarantining object: {why}");
+                archive.quarantine(key).await?;
+                report.quarantined.push(key.to_string());
+            }
+            Err(Unindexed::Transient(why)) if attempt < ATTEMPTS => {
+                let pause = std::time::Duration::from_millis(250 << attempt);
+                tracing::warn!(key = %key, attempt, "reconcile: cannot check object now ({why}); retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+                continue;
+            }
+            Err(Unindexed::Transient(why)) => {
+                return Err(ArchiveError::Storage(format!(
+                    "cannot check the uncataloged object {key} ({why}) after {ATTEMPTS} \
+                     attempts; start-up stopped rather than quarantine what may be an \
+                     acknowledged file: make storage and the catalog reachable and start the \
+                     server again"
+                )));
+            }
+        }
+        return Ok(());
+    }
 }
 
 /// Verifies an uncatalogued object fully and adds its row. Errors say why it is not acceptable.
