@@ -76,17 +76,17 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null
 mapfile -t SEGS < <(find "$WORK/wal" -name '????????????????????????' -printf '%f\n' | sort | head -n "$NSEG")
 
 # --- servers ---------------------------------------------------------------------------------
-start_server() { # name port
+start_server() { # name port; sets NAME_PID and STARTED (seconds until /healthz answered)
+  local t0; t0=$(date +%s.%N)
   "$WORK/bin/wal-archive-server" --data-dir "$WORK/$1" --listen "127.0.0.1:$2" >>"$WORK/logs/$1.log" 2>&1 &
   PIDS+=($!)
   eval "${1}_PID=$!"
-  local t0; t0=$(date +%s.%N)
   local deadline=$(( $(date +%s) + 600 ))
   until curl -sf "http://127.0.0.1:$2/healthz" >/dev/null; do
     [ "$(date +%s)" -lt "$deadline" ] || die "$1 did not start" "$WORK/logs/$1.log"
     sleep 0.05
   done
-  echo "$(date +%s.%N) - $t0" | bc
+  STARTED=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 stop_server() { # pid
   kill "$1"; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
@@ -105,15 +105,16 @@ timed() { # command... -> seconds
 }
 ms() { awk '{printf "%.0f ms", $1 * 1000}'; }
 
-start_server empty "$EMPTY_PORT" >/dev/null
-start_server full "$FULL_PORT" >/dev/null
+start_server empty "$EMPTY_PORT"
+start_server full "$FULL_PORT"
 # The first segment binds the cluster on both.
 push_timed "$EMPTY_PORT" "${SEGS[0]}" >/dev/null
 push_timed "$FULL_PORT" "${SEGS[0]}" >/dev/null
 stop_server "$full_PID"
 echo "bench: filling FULL's catalog: $WAL_ROWS WAL rows, $BACKUPS backups" >&2
 python3 bench/catalog_fill.py "$WORK/full/catalog.sqlite3" "$WAL_ROWS" "$BACKUPS" >&2
-STARTUP=$(start_server full "$FULL_PORT")
+start_server full "$FULL_PORT"
+STARTUP=$STARTED
 
 URL="http://127.0.0.1:$FULL_PORT"
 series() { # n command... -> median seconds
@@ -132,7 +133,7 @@ HWM_FULL=$(awk '/^VmHWM/ {print $2}' "/proc/$full_PID/status")
 
 echo "bench: $CONCURRENT concurrent pushes of distinct segments to EMPTY" >&2
 stop_server "$empty_PID"
-start_server empty "$EMPTY_PORT" >/dev/null
+start_server empty "$EMPTY_PORT"
 HWM0=$(awk '/^VmHWM/ {print $2}' "/proc/$empty_PID/status")
 CPIDS=()
 for s in "${SEGS[@]:$PUSHES:$CONCURRENT}"; do
