@@ -299,6 +299,42 @@ impl Catalog {
         .await
     }
 
+    /// Inserts many rows in one transaction (a rebuild); rows of names already there are
+    /// left as they are.
+    pub async fn insert_wal_rows(&self, rows: Vec<WalRow>) -> Result<(), CatalogError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for row in &rows {
+                insert_wal(&tx, row)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the XXH3-128 of a file that has none (rows rebuilt from storage, or archived
+    /// before it was recorded), once it was computed from the verified content.
+    pub async fn set_wal_xxh3(
+        &self,
+        cluster: &str,
+        name: &str,
+        xxh3: String,
+    ) -> Result<(), CatalogError> {
+        let (cluster, name) = (cluster.to_string(), name.to_string());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE wal_files SET xxh3 = ?3 WHERE cluster = ?1 AND name = ?2 AND xxh3 IS NULL",
+                params![cluster, name, xxh3],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The directories (`wal/CLUSTER/DIR/`) the cataloged WAL objects are in.
     pub async fn wal_dirs(&self) -> Result<Vec<String>, CatalogError> {
         self.read(move |c| {
@@ -534,7 +570,12 @@ fn get_cluster(c: &Connection, name: &str) -> Result<Option<ClusterRow>, Catalog
 
 /// Current time as RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as the catalog keeps it: RFC 3339, UTC, whole seconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default = "default_storage_kind")]
@@ -56,6 +56,16 @@ pub struct StorageConfig {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub prefix: Option<String>,
+    /// An AWS-style credentials file, read when `AWS_ACCESS_KEY_ID` is not in the environment.
+    pub credentials_file: Option<PathBuf>,
+    /// Its profile (default `$AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// How long the ownership lease of a bucket lasts without renewal, in seconds (default
+    /// 60): after a host is lost, its replacement can take the storage over after this long.
+    pub lease_seconds: Option<u64>,
+    /// Refused with a message: keys never go in the configuration file.
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
 }
 
 fn default_storage_kind() -> String {
@@ -186,6 +196,10 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    /// `--rebuild-catalog`: set the catalog aside and rebuild it from storage.
+    pub rebuild_catalog: bool,
+    /// `--take-over`: take the storage's lease even if another server holds it.
+    pub take_over: bool,
 }
 
 /// The validated configuration the server runs with.
@@ -203,7 +217,14 @@ pub struct Config {
     pub body_idle_timeout: std::time::Duration,
     pub tokens: Vec<TokenConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
+    /// See [`Overrides::rebuild_catalog`].
+    pub rebuild_catalog: bool,
+    /// See [`Overrides::take_over`].
+    pub take_over: bool,
 }
+
+/// How long a storage lease lasts without renewal when `lease_seconds` is not set.
+pub const DEFAULT_LEASE_SECONDS: u64 = 60;
 
 impl Config {
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -241,17 +262,30 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let storage = file.storage.unwrap_or(StorageConfig {
             kind: default_storage_kind(),
-            bucket: None,
-            endpoint: None,
-            region: None,
-            prefix: None,
+            ..Default::default()
         });
-        if storage.kind != "local" {
-            return Err(ConfigError::Invalid(format!(
-                "storage.kind = {:?}: this version stores on the local file system only; \
-                 remove the [storage] section or set kind = \"local\"",
-                storage.kind
-            )));
+        match storage.kind.as_str() {
+            "local" => {}
+            "s3" => {
+                if storage.bucket.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError::Invalid(
+                        "[storage] kind = \"s3\" needs bucket = \"...\"".into(),
+                    ));
+                }
+                if storage.access_key_id.is_some() || storage.secret_access_key.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "[storage] holds access keys: they never go in the configuration file. \
+                         Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's \
+                         environment (systemd: EnvironmentFile=), or credentials_file = \"...\""
+                            .into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.kind = {other:?}: use \"local\" (files under data_dir) or \"s3\""
+                )))
+            }
         }
         for t in &file.tokens {
             if t.secret_sha256.len() != 64 || hex::decode(&t.secret_sha256).is_err() {
@@ -365,6 +399,8 @@ impl Config {
             body_idle_timeout,
             tokens: file.tokens,
             clusters: file.clusters,
+            rebuild_catalog: o.rebuild_catalog,
+            take_over: o.take_over,
         })
     }
 

@@ -9,8 +9,10 @@ pub mod config;
 pub mod crash;
 pub mod http;
 pub mod jobs;
+pub mod meta;
 
 pub mod metrics;
+pub mod rebuild;
 pub mod state;
 pub mod storage;
 pub mod streaming;
@@ -24,15 +26,24 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::http::auth::Authorizer;
 use crate::state::AppState;
-use crate::storage::{BlobStore, ObjectStoreBlobs};
+use crate::storage::BlobStore;
 use crate::wal::archive::Archive;
 
-/// Opens everything under `config.data_dir`, holding its lock for as long as the returned
-/// guard lives, and reconciles storage with the catalog.
+/// What keeps a server the only one on its data directory and storage: the directory's
+/// `flock` and, on a bucket, the storage lease. Dropping it lets another server in (a clean
+/// stop releases the lease first).
+pub struct Guard {
+    _lock: std::fs::File,
+    pub lease: Arc<storage::lease::Lease>,
+}
+
+/// Opens everything under `config.data_dir` and its storage, holding the directory's lock and
+/// the storage's lease for as long as the returned guard lives; rebuilds the catalog from
+/// storage when it is missing (or `--rebuild-catalog`); reconciles storage with the catalog.
 pub async fn open(
     config: &Config,
     blobs: Option<Arc<dyn BlobStore>>,
-) -> anyhow::Result<(Archive, std::fs::File)> {
+) -> anyhow::Result<(Archive, Guard)> {
     storage::durability::create_dir_all_durable(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {} (set --data-dir or data_dir to a writable place)",
@@ -66,8 +77,26 @@ pub async fn open(
     })?;
     let blobs = match blobs {
         Some(b) => b,
-        None => Arc::new(ObjectStoreBlobs::local(&config.storage_dir())?) as Arc<dyn BlobStore>,
+        None => storage::open(config).map_err(|e| anyhow::anyhow!("storage: {e}"))?,
     };
+    // Nothing is written to storage before its lease is ours.
+    let ttl = std::time::Duration::from_secs(
+        config
+            .storage
+            .lease_seconds
+            .unwrap_or(config::DEFAULT_LEASE_SECONDS)
+            .max(3),
+    );
+    let lease =
+        storage::lease::Lease::acquire(blobs.clone(), &config.data_dir, ttl, config.take_over)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let catalog_path = config.catalog_path();
+    if config.rebuild_catalog && catalog_path.exists() {
+        let aside = set_catalog_aside(&catalog_path)?;
+        tracing::warn!(old = %aside.display(), "--rebuild-catalog: the catalog was set aside; rebuilding it from storage");
+    }
+    let fresh_catalog = !catalog_path.exists();
     let catalog = Catalog::open(&config.catalog_path()).with_context(|| {
         format!(
             "cannot open the catalog {}",
@@ -82,6 +111,18 @@ pub async fn open(
         blobs,
         instance: instance.into(),
     };
+    if fresh_catalog
+        && rebuild::storage_has_archive(&archive)
+            .await
+            .context("looking into storage")?
+    {
+        tracing::warn!(
+            "the catalog is new but storage holds an archive: rebuilding the catalog from storage"
+        );
+        rebuild::rebuild(&archive)
+            .await
+            .context("rebuilding the catalog from storage")?;
+    }
     // Before reconciliation: it would re-index the objects of WAL an interrupted retention run
     // planned to remove, or report as missing those it had removed already.
     jobs::retention::resume(&archive)
@@ -96,7 +137,37 @@ pub async fn open(
     backup::startup(&archive)
         .await
         .context("failing interrupted backups and removing their objects")?;
-    Ok((archive, lock))
+    Ok((
+        archive,
+        Guard {
+            _lock: lock,
+            lease: Arc::new(lease),
+        },
+    ))
+}
+
+/// Renames the catalog (and its -wal, -shm) to `NAME.before-rebuild-SECONDS`; returns the new
+/// name of the catalog file.
+fn set_catalog_aside(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".before-rebuild-{stamp}"));
+    let aside = std::path::PathBuf::from(aside);
+    for suffix in ["-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        if std::path::Path::new(&from).exists() {
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("setting {} aside", from.to_string_lossy()))?;
+        }
+    }
+    std::fs::rename(path, &aside).with_context(|| format!("setting {} aside", path.display()))?;
+    Ok(aside)
 }
 
 /// Starts one receiver task per cluster with `streaming = true`; returns their shared statuses
@@ -131,7 +202,7 @@ pub fn start_receivers(
 
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let (archive, _lock) = open(&config, None).await?;
+    let (archive, guard) = open(&config, None).await?;
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (receivers, receiver_tasks) = start_receivers(&config, &archive, &stop_rx);
@@ -143,6 +214,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jobs: Default::default(),
     });
     let scheduler_tasks = jobs::scheduler::start(state.clone(), &stop_rx);
+    // The lease is renewed while the server runs; lost to another server, it stops at once
+    // (as abruptly as a crash, which the archive survives) rather than write anything more.
+    let lease_task = tokio::spawn(guard.lease.clone().keep(stop_rx.clone(), || {
+        eprintln!("wal-archive-server: the storage was taken over by another server; stopping");
+        std::process::exit(1);
+    }));
     let auth = Authorizer::new(&config.tokens);
     let tls = match &config.tls {
         Some(t) => Some(http::tls::server_config(t)?),
@@ -183,6 +260,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     for t in receiver_tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+    }
+    let _ = lease_task.await;
+    if let Err(e) = guard.lease.release().await {
+        tracing::warn!(
+            "cannot release the storage lease: {e}; another server can take it once it expires"
+        );
     }
     tracing::info!("wal-archive-server stopped");
     Ok(())

@@ -22,6 +22,15 @@ struct Args {
     /// Address to listen on (default 127.0.0.1:8420).
     #[arg(long, env = "WAL_ARCHIVE_LISTEN")]
     listen: Option<String>,
+    /// Set the catalog aside and rebuild it from storage alone (backups, WAL, keep flags,
+    /// job history), then run. A missing catalog over an archive is rebuilt without it.
+    #[arg(long)]
+    rebuild_catalog: bool,
+    /// Take the storage over even though another server's lease on it has not expired: only
+    /// when that server is gone for good (its host lost). Two servers must never write one
+    /// storage at once.
+    #[arg(long)]
+    take_over: bool,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,8 @@ fn main() -> ExitCode {
         config_file: args.config,
         data_dir: args.data_dir,
         listen: args.listen,
+        rebuild_catalog: args.rebuild_catalog,
+        take_over: args.take_over,
     };
     let config = match Config::load(&overrides) {
         Ok(c) => c,

@@ -48,7 +48,7 @@ struct Env {
     state: Arc<AppState>,
     /// One router for the whole test, as the server has (its state bounds uploads in progress).
     router: axum::Router,
-    _lock: std::fs::File,
+    _lock: wal_archive_server::Guard,
 }
 
 async fn env_in(dir: tempfile::TempDir) -> Env {

@@ -181,8 +181,8 @@ pub fn blob_path(server: &Server, cluster: &str, sha: &str) -> PathBuf {
 }
 
 /// Objects under `DATA_DIR/storage/backups/{cluster}` that no remaining backup references: data
-/// blobs no done backup lists, manifests of backups that are gone, and anything else (uploads
-/// in progress, debris).
+/// blobs no done backup lists, manifests and records of backups that are gone, and anything
+/// else (uploads in progress, debris).
 pub fn orphan_objects(server: &Server, cluster: &str) -> Result<Vec<PathBuf>> {
     let resp = server
         .api()
@@ -217,6 +217,10 @@ pub fn orphan_objects(server: &Server, cluster: &str) -> Result<Vec<PathBuf>> {
             [manifests, name] if manifests == "manifests" => {
                 name.strip_suffix(".zst").is_some_and(|id| ids.contains(id))
             }
+            // The record of a backup the server lists (what a rebuilt catalog reads).
+            [meta, name] if meta == "meta" => name
+                .strip_suffix(".json")
+                .is_some_and(|id| ids.contains(id)),
             _ => false,
         };
         if !referenced {

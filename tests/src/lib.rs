@@ -29,6 +29,7 @@
 //!   backlog of `.ready` segments archived mostly from records.
 //! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:
 //!   exit codes that tell PostgreSQL the truth, an owner-only data directory.
+//! - `rebuild.rs`: a catalog rebuilt from storage alone says and restores what the old one did.
 //! - `timelines.rs`: what PostgreSQL writes around promotions and PITR is accepted: a history
 //!   file with decreasing switchpoints, a second `.partial` of the same WAL.
 //! - `prefetch.rs`: the asynchronous fetch spool: a corrupted spooled file is discarded at

@@ -29,6 +29,8 @@ pub struct Server {
     dir: TestDir,
     /// Extra environment of the process (crash points, credentials).
     env: Vec<(String, String)>,
+    /// Extra arguments of the next start (`--rebuild-catalog`, `--take-over`).
+    args: Vec<String>,
 }
 
 impl Server {
@@ -67,6 +69,7 @@ impl Server {
             child: None,
             dir: dir.clone(),
             env: Vec::new(),
+            args: Vec::new(),
         })
     }
 
@@ -108,7 +111,8 @@ impl Server {
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }
-        cmd.arg("--data-dir")
+        cmd.args(&self.args)
+            .arg("--data-dir")
             .arg(&self.data)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -146,6 +150,11 @@ impl Server {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Arguments for the next start and those after it (replacing earlier ones).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Removes `key` from the environment of the next start.

@@ -133,6 +133,116 @@ pub async fn start(
     .await
 }
 
+/// A backup from its record in storage (a rebuild): its row, keep flag and manifest, its files,
+/// and a blob row for each content `blob_of` finds stored (object key and stored size). A
+/// backup of that id already there is left as it is.
+pub async fn restore_record(
+    cat: &Catalog,
+    record: &crate::meta::BackupRecord,
+    blob_of: &dyn Fn(&str) -> Option<(String, u64)>,
+) -> Result<(), CatalogError> {
+    let mut blobs: Vec<BlobRow> = Vec::new();
+    let mut seen = HashSet::new();
+    for f in &record.files {
+        let Some(sha) = f.sha256.as_deref() else {
+            continue;
+        };
+        if !seen.insert(sha.to_string()) {
+            continue;
+        }
+        if let Some((object_key, stored_size)) = blob_of(sha) {
+            blobs.push(BlobRow {
+                sha256: sha.to_string(),
+                size: f.size,
+                stored_size,
+                object_key,
+            });
+        }
+    }
+    let record = record.clone();
+    cat.call(move |c| {
+        let tx = c.transaction()?;
+        let i = &record.info;
+        tx.execute(
+            "INSERT OR IGNORE INTO clusters (name, created_at) VALUES (?1, ?2)",
+            params![i.cluster, now_rfc3339()],
+        )?;
+        let tablespaces =
+            serde_json::to_string(&i.tablespaces).map_err(|e| CatalogError::Task(e.to_string()))?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO backups (cluster, id, status, reason, system_identifier,
+                 timeline, begin_lsn, end_lsn, begin_wal, end_wal, begin_time, end_time,
+                 pg_version, size_bytes, stored_bytes, deduplicated_bytes, file_count,
+                 estimated_bytes, tablespaces, keep, manifest_key, manifest_sha256, manifest_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19, ?20, ?21, ?22, ?23)",
+            params![
+                i.cluster,
+                i.id,
+                i.status,
+                i.reason,
+                i.system_identifier,
+                i.timeline,
+                i.begin_lsn,
+                i.end_lsn,
+                i.begin_wal,
+                i.end_wal,
+                i.begin_time,
+                i.end_time,
+                i.pg_version,
+                i.size_bytes,
+                i.stored_bytes,
+                i.deduplicated_bytes,
+                i.file_count,
+                i.estimated_bytes,
+                tablespaces,
+                i.keep as i64,
+                record.manifest.as_ref().map(|m| m.key.clone()),
+                record.manifest.as_ref().map(|m| m.sha256.clone()),
+                record.manifest.as_ref().map(|m| m.size),
+            ],
+        )?;
+        if n == 1 {
+            for b in &blobs {
+                tx.execute(
+                    "INSERT OR IGNORE INTO backup_blobs (cluster, sha256, size, stored_size,
+                         object_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        i.cluster,
+                        b.sha256,
+                        b.size,
+                        b.stored_size,
+                        b.object_key,
+                        now_rfc3339()
+                    ],
+                )?;
+            }
+            for f in &record.files {
+                tx.execute(
+                    "INSERT INTO backup_files (cluster, backup_id, tablespace_oid, path, kind, size,
+                         sha256, mode, mtime, link_target)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        i.cluster,
+                        i.id,
+                        f.tablespace_oid,
+                        f.path,
+                        f.kind,
+                        f.size,
+                        f.sha256,
+                        f.mode,
+                        f.mtime,
+                        f.link_target
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })
+    .await
+}
+
 /// Writes every field of `row` except the id, keep flag and begin time.
 pub async fn update(cat: &Catalog, row: BackupRow) -> Result<(), CatalogError> {
     cat.call(move |c| {
@@ -393,6 +503,18 @@ pub async fn remove(
         tx.commit()?;
         keys.extend(manifest);
         Ok(keys)
+    })
+    .await
+}
+
+/// Backups marked in progress (`running`, `waiting_for_wal`).
+pub async fn in_progress(cat: &Catalog) -> Result<Vec<BackupRow>, CatalogError> {
+    cat.call(move |c| {
+        let mut stmt = c.prepare(&format!(
+            "{SELECT} WHERE status IN ('running', 'waiting_for_wal')"
+        ))?;
+        let rows = stmt.query_map([], from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })
     .await
 }

@@ -60,6 +60,19 @@ impl Job {
             Ok(()) => self.wait_for_wal().await,
             Err(e) => Err(e),
         };
+        // Recorded in storage, with its file list, before it is reported done: a catalog
+        // rebuilt from storage has it, and so does one that lost its last commits.
+        let result = match result {
+            Ok(()) => {
+                let mut done = self.row.clone();
+                done.info.status = "done".into();
+                done.info.reason = None;
+                super::write_record(&self.archive, &done, true)
+                    .await
+                    .map_err(|e| format!("cannot record the backup in storage: {e}"))
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(()) => {
                 self.row.info.status = "done".into();
@@ -124,6 +137,10 @@ impl Job {
         if self.row.info.end_time.is_none() {
             self.row.info.end_time = Some(now_rfc3339());
         }
+        if let Err(e) = super::write_record(&self.archive, &self.row, false).await {
+            tracing::warn!(cluster = %self.cluster, backup = %self.id(),
+                "cannot record the failed backup in storage: {e}");
+        }
         self.save().await;
     }
 
@@ -166,7 +183,6 @@ impl Job {
             .unwrap_or(0);
         match self
             .archive
-            .catalog
             .bind_cluster(&self.cluster, system.system_identifier, size.bytes(), major)
             .await
             .map_err(|e| e.to_string())?

@@ -209,6 +209,50 @@ impl Backups {
     }
 }
 
+/// Writes the record of a backup to storage ([`crate::meta`]): as the catalog has it, with its
+/// file list when `with_files` (a done backup).
+pub async fn write_record(
+    archive: &Archive,
+    row: &catalog::BackupRow,
+    with_files: bool,
+) -> Result<(), BackupError> {
+    let mut info = row.info.clone();
+    info.retention = None;
+    let files = if with_files {
+        catalog::files(&archive.catalog, &info.cluster, &info.id).await?
+    } else {
+        Vec::new()
+    };
+    let manifest = match (&row.manifest_key, &row.manifest_sha256, row.manifest_size) {
+        (Some(key), Some(sha256), Some(size)) => Some(crate::meta::ManifestRef {
+            key: key.clone(),
+            sha256: sha256.clone(),
+            size,
+        }),
+        _ => None,
+    };
+    let key = crate::meta::backup_key(&info.cluster, &info.id);
+    crate::meta::put(
+        &*archive.blobs,
+        &key,
+        &crate::meta::BackupRecord {
+            info,
+            manifest,
+            files,
+        },
+    )
+    .await
+    .map_err(|e| BackupError::Storage(StorageError::Io(e.to_string())))
+}
+
+/// Removes a backup's record from storage: the first step of removing a backup, so that a
+/// catalog rebuilt from storage never lists one whose files are going.
+async fn remove_record(archive: &Archive, cluster: &str, id: &str) -> Result<(), BackupError> {
+    crate::meta::remove(&*archive.blobs, &crate::meta::backup_key(cluster, id))
+        .await
+        .map_err(|e| BackupError::Storage(StorageError::Io(e.to_string())))
+}
+
 /// Backup ids: the UTC start time, `YYYYMMDDTHHMMSS`, sortable as text.
 pub fn new_id(now: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(now)
@@ -389,6 +433,7 @@ pub async fn delete(
         }
     }
     backups.pause_point("delete.decided").await;
+    remove_record(archive, cluster, &id).await?;
     let keys = catalog::remove(&archive.catalog, cluster, &id, false).await?;
     let removed = delete_objects(archive, &keys).await;
     tracing::info!(cluster, backup = %id, objects = removed, "backup deleted");
@@ -406,6 +451,7 @@ pub async fn remove_marked(
 ) -> Result<usize, BackupError> {
     let lock = backups.cluster_lock(cluster);
     let _guard = lock.lock().await;
+    remove_record(archive, cluster, id).await?;
     let keys = catalog::remove(&archive.catalog, cluster, id, false).await?;
     let removed = delete_objects(archive, &keys).await;
     tracing::info!(cluster, backup = %id, objects = removed, "backup removed by retention");
@@ -444,6 +490,12 @@ pub async fn set_keep(
             row.info.id
         )));
     }
+    // Storage first: what is reported kept survives the loss of the catalog.
+    let mut kept = row.clone();
+    kept.info.keep = keep;
+    if row.info.status == "done" {
+        write_record(archive, &kept, true).await?;
+    }
     catalog::set_keep(&archive.catalog, cluster, &row.info.id, keep).await?;
     drop(guard);
     let row = find(archive, cluster, &row.info.id).await?;
@@ -456,6 +508,27 @@ pub async fn set_keep(
 /// clusters the catalog has backups of: a catalog that lost its backup rows altogether (a new
 /// catalog file over old storage) must not turn into a wipe of every stored backup.
 pub async fn startup(archive: &Archive) -> Result<(), BackupError> {
+    // A backup recorded done in storage whose catalog row never said so (the server stopped
+    // between the two) is done: storage is what was reported.
+    for row in catalog::in_progress(&archive.catalog).await? {
+        let key = crate::meta::backup_key(&row.info.cluster, &row.info.id);
+        if let Ok(Some(record)) =
+            crate::meta::get::<crate::meta::BackupRecord>(&*archive.blobs, &key).await
+        {
+            if record.info.status == "done" {
+                tracing::warn!(cluster = %row.info.cluster, backup = %row.info.id,
+                    "backup was recorded done in storage before a restart; marked done");
+                catalog::update(
+                    &archive.catalog,
+                    catalog::BackupRow {
+                        info: record.info,
+                        ..row
+                    },
+                )
+                .await?;
+            }
+        }
+    }
     let interrupted = catalog::fail_interrupted(
         &archive.catalog,
         "interrupted: the server stopped while the backup was in progress; start a new backup",
@@ -471,7 +544,8 @@ pub async fn startup(archive: &Archive) -> Result<(), BackupError> {
     let mut removed = 0;
     let mut unknown: HashMap<String, u64> = HashMap::new();
     for obj in objects {
-        if referenced.contains(&obj.key) {
+        // Records (`backups/CLUSTER/meta/`) describe backups; they are not content.
+        if referenced.contains(&obj.key) || obj.key.split('/').nth(2) == Some("meta") {
             continue;
         }
         let cluster = obj.key.split('/').nth(1).unwrap_or_default().to_string();

@@ -283,11 +283,23 @@ pub async fn apply(
         return Ok(plan.report);
     }
     backups.pause_point("retention.planned").await;
+    let wal: Vec<String> = plan.wal.iter().map(|(n, _)| n.clone()).collect();
+    // The plan goes to storage first, so that a catalog rebuilt from storage finishes it too.
+    crate::meta::put(
+        &*archive.blobs,
+        &crate::meta::retention_key(cluster),
+        &crate::meta::RetentionPlanRecord {
+            backups: plan.report.removed_backups.clone(),
+            wal: wal.clone(),
+        },
+    )
+    .await
+    .map_err(|e| BackupError::Storage(crate::storage::StorageError::Io(e.to_string())))?;
     record_plan(
         &archive.catalog,
         cluster,
         plan.report.removed_backups.clone(),
-        plan.wal.iter().map(|(n, _)| n.clone()).collect(),
+        wal,
     )
     .await?;
     drop(guard);
@@ -297,6 +309,7 @@ pub async fn apply(
     }
     crate::crash::point("retention.backups_removed");
     finish_wal(archive, cluster).await?;
+    forget_plan(archive, cluster).await;
     tracing::info!(
         cluster,
         backups = plan.report.removed_backups.len(),
@@ -313,7 +326,7 @@ pub async fn apply(
 }
 
 /// The plan, in one transaction: backups marked `deleting`, WAL names pending.
-async fn record_plan(
+pub(crate) async fn record_plan(
     cat: &Catalog,
     cluster: &str,
     backups: Vec<String>,
@@ -409,7 +422,27 @@ pub async fn resume(archive: &Archive) -> Result<(), BackupError> {
         let n = finish_wal(archive, &cluster).await?;
         tracing::warn!(cluster = %cluster, files = n, "finished removing WAL an interrupted retention run had planned");
     }
+    // Every plan is finished now: their records go.
+    for meta in archive
+        .blobs
+        .list("meta/retention/")
+        .await
+        .map_err(BackupError::Storage)?
+    {
+        if let Err(e) = archive.blobs.delete(&meta.key).await {
+            tracing::warn!(key = %meta.key, "cannot remove a finished retention plan's record: {e}");
+        }
+    }
     Ok(())
+}
+
+/// Removes the record of a finished plan (logged if it cannot be: the next start retries, and
+/// finishing a finished plan removes nothing).
+async fn forget_plan(archive: &Archive, cluster: &str) {
+    if let Err(e) = crate::meta::remove(&*archive.blobs, &crate::meta::retention_key(cluster)).await
+    {
+        tracing::warn!(cluster, "cannot remove the retention plan's record: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -68,8 +68,8 @@ where
             result => tracing::warn!(cluster = %cluster2, job = kind.as_str(), run = id, result,
                 "job {}", f.error.as_deref().unwrap_or("")),
         }
-        let end = record_end(
-            &app2.archive.catalog,
+        let end = finish(
+            &app2.archive,
             id,
             f.result,
             f.error,
@@ -194,6 +194,58 @@ pub async fn record_start(
             ],
         )?;
         Ok(c.last_insert_rowid())
+    })
+    .await
+}
+
+/// [`record_end`], then the run's record in storage, so that a catalog rebuilt from storage has
+/// the job history too (a record that cannot be written is logged: the history is worth
+/// keeping, not worth failing a job for).
+pub async fn finish(
+    archive: &crate::wal::archive::Archive,
+    id: i64,
+    result: &str,
+    error: Option<String>,
+    detail: Option<String>,
+    report: Option<&JobReport>,
+) -> Result<JobRun, CatalogError> {
+    let run = record_end(&archive.catalog, id, result, error, detail, report).await?;
+    let key = crate::meta::job_key(&run.cluster, run.id);
+    if let Err(e) = crate::meta::put(&*archive.blobs, &key, &run).await {
+        tracing::warn!(cluster = %run.cluster, run = run.id, "cannot record the job run in storage: {e}");
+    }
+    Ok(run)
+}
+
+/// A run from its record in storage (a rebuild); a run of that id already there is kept.
+pub async fn restore(cat: &Catalog, run: JobRun) -> Result<(), CatalogError> {
+    let report = run
+        .report
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| CatalogError::Task(format!("encoding a job report: {e}")))?;
+    cat.call(move |c| {
+        c.execute(
+            "INSERT OR IGNORE INTO jobs (id, cluster, kind, trigger, scheduled_at, started_at,
+                 ended_at, result, error, detail, backup_id, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                run.id,
+                run.cluster,
+                run.kind,
+                run.trigger,
+                run.scheduled_at,
+                run.started_at,
+                run.ended_at,
+                run.result,
+                run.error,
+                run.detail,
+                run.backup_id,
+                report
+            ],
+        )?;
+        Ok(())
     })
     .await
 }

@@ -211,7 +211,7 @@ pub async fn run_once(
         ),
     }
     crate::metrics::record_job(cluster, kind.as_str(), result);
-    match runs::record_end(cat, id, result, error, detail, None).await {
+    match runs::finish(&state.archive, id, result, error, detail, None).await {
         Ok(run) => Some(run),
         Err(e) => {
             tracing::error!(

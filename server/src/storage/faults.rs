@@ -9,7 +9,9 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{BlobMeta, BlobStore, BlobStream, BlobUpload, PutOutcome, StorageError};
+use super::{
+    BlobMeta, BlobStore, BlobStream, BlobUpload, Precondition, PutOutcome, StorageError, Versioned,
+};
 
 /// Failures a [`FaultyBlobs`] injects.
 #[derive(Debug, Default)]
@@ -95,6 +97,35 @@ impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
     }
     fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         self.inner.sweep_incomplete()
+    }
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<BlobMeta>, StorageError>> {
+        Box::pin(async move {
+            self.plan.read(key)?;
+            self.inner.stat(key).await
+        })
+    }
+    fn replace<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.inner.replace(key, data)
+    }
+    fn read_versioned<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>> {
+        Box::pin(async move {
+            self.plan.read(key)?;
+            self.inner.read_versioned(key).await
+        })
+    }
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Precondition,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        self.inner.put_if(key, data, condition)
+    }
+    fn supports_versions(&self) -> bool {
+        self.inner.supports_versions()
     }
 }
 

@@ -1,9 +1,15 @@
 //! Storage of objects behind one narrow trait, [`BlobStore`].
 //!
 //! The server only ever needs: create an object that must not exist yet (streamed, in bounded
-//! memory), read it back (streamed or by range), list, and delete. [`ObjectStoreBlobs`] provides
-//! that over `object_store` (local files today, S3 through the same crate); [`FaultyBlobs`] wraps
-//! any store and injects failures for tests.
+//! memory), read it back (streamed or by range), list, and delete; plus, for the few small
+//! metadata objects that describe what the objects themselves do not (backups, cluster
+//! bindings, the ownership lease), replace one whole, or write it only if it is still the
+//! version last read.
+//!
+//! - [`ObjectStoreBlobs`] provides that over `object_store`: local files under the data
+//!   directory (`objects.rs`), or an S3-compatible bucket (`s3.rs` builds the client);
+//! - [`FaultyBlobs`] wraps any store and injects failures for tests (`faults.rs`);
+//! - `durability.rs` owns every fsync of the local backend.
 //!
 //! ## Durability (DESIGN §7.1)
 //! See [`crate::storage::durability`] for which fsyncs happen on the local backend and why. The rule the
@@ -12,7 +18,9 @@
 
 pub mod durability;
 mod faults;
+pub mod lease;
 mod objects;
+mod s3;
 
 use std::ops::Range;
 
@@ -22,6 +30,33 @@ use futures::stream::BoxStream;
 
 pub use faults::{FaultPlan, FaultyBlobs};
 pub use objects::ObjectStoreBlobs;
+pub use s3::S3Settings;
+
+/// The storage `config` names: files under the data directory, or an S3-compatible bucket.
+pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobStore>, String> {
+    let s = &config.storage;
+    match s.kind.as_str() {
+        "s3" => {
+            let settings = S3Settings::resolve(
+                s.bucket.as_deref().unwrap_or(""),
+                s.endpoint.as_deref(),
+                s.region.as_deref(),
+                s.prefix.as_deref(),
+                &s3::CredentialSources {
+                    credentials_file: s.credentials_file.clone(),
+                    profile: s.profile.clone(),
+                },
+            )?;
+            let store = settings.build().map_err(|e| e.to_string())?;
+            tracing::info!(bucket = %settings.bucket, endpoint = settings.endpoint.as_deref().unwrap_or("AWS"),
+                prefix = %settings.prefix, "storage: S3-compatible bucket");
+            Ok(std::sync::Arc::new(ObjectStoreBlobs::s3(store)))
+        }
+        _ => Ok(std::sync::Arc::new(
+            ObjectStoreBlobs::local(&config.storage_dir()).map_err(|e| e.to_string())?,
+        )),
+    }
+}
 
 /// Prefix of in-flight uploads; anything under it at start is debris of a crash.
 pub const STAGING_PREFIX: &str = "staging";
@@ -37,6 +72,9 @@ pub enum StorageError {
     /// May succeed on retry (I/O error, network).
     #[error("storage error: {0}")]
     Io(String),
+    /// A conditional write found the object not as expected (present, or another version).
+    #[error("{0}")]
+    Precondition(String),
 }
 
 impl StorageError {
@@ -84,6 +122,25 @@ pub enum PutOutcome {
 pub struct BlobMeta {
     pub key: String,
     pub size: u64,
+    /// When the object was written (second precision is what the catalog keeps).
+    pub last_modified: std::time::SystemTime,
+}
+
+/// A small object read whole, with the version a conditional write can name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub data: Bytes,
+    /// The store's version tag (an ETag); `None` where the store has none (local files).
+    pub version: Option<String>,
+}
+
+/// What [`BlobStore::put_if`] requires of the object before it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// It does not exist.
+    Absent,
+    /// It is still at this version.
+    Version(String),
 }
 
 pub type BlobStream = BoxStream<'static, Result<Bytes, StorageError>>;
@@ -104,6 +161,8 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Bytes, StorageError>>;
     /// Size of the object, or `None` when absent.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
+    /// Size and time of the object, or `None` when absent.
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<BlobMeta>, StorageError>>;
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobMeta>, StorageError>>;
     /// The "directories" right under `prefix` (which ends with `/`): each common prefix of the
     /// keys below it up to their next `/`, itself ending with `/`.
@@ -112,6 +171,28 @@ pub trait BlobStore: Send + Sync + 'static {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
     /// Removes the debris of uploads interrupted by a crash; returns how many were removed.
     fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
+    /// Writes a small object whole, over what was there: durable once it returns, and readers
+    /// see the old bytes or the new ones, never a mix. Only for metadata objects (backup
+    /// descriptions, cluster bindings), never for WAL or backup content.
+    fn replace<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StorageError>>;
+    /// A small object whole with its version, or `None` when absent.
+    fn read_versioned<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>>;
+    /// Writes a small object only if `condition` holds, atomically (S3 `If-None-Match: *` or
+    /// `If-Match`); returns its new version. [`StorageError::Precondition`] when it does not.
+    /// Stores without versions ([`BlobStore::supports_versions`] false) take only
+    /// [`Precondition::Absent`].
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Precondition,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>>;
+    /// Whether [`BlobStore::put_if`] can compare versions (S3: yes; local files: no, the data
+    /// directory's lock keeps a second server out instead).
+    fn supports_versions(&self) -> bool;
 }
 
 /// An upload in progress: bytes are written in order, then committed or aborted.

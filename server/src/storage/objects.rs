@@ -1,4 +1,19 @@
-//! [`ObjectStoreBlobs`]: the [`BlobStore`] over an `object_store` backend (local files).
+//! [`ObjectStoreBlobs`]: the [`BlobStore`] over an `object_store` backend, local files or an
+//! S3-compatible bucket.
+//!
+//! Creating an object that must not exist yet takes one of two routes:
+//! - **staged**: the bytes go to a multipart upload under `staging/`, which is completed there,
+//!   then copied to the final key only if it is free (`copy_if_not_exists`: `link(2)` on local
+//!   files; on S3 a multipart copy completed with `If-None-Match: *`), then the staging object
+//!   is removed. Any size, memory bounded by one part. `object_store` 0.14 completes a multipart
+//!   upload in overwrite mode, which is why the final key is never its target.
+//! - **single conditional PUT** (S3 only): an object that stays under [`SINGLE_PUT_MAX`] is
+//!   sent in one `PUT` with `If-None-Match: *` (`PutMode::Create`): one request instead of
+//!   seven, which is what almost every compressed WAL segment is.
+//!
+//! A create that answers "already exists" may be our own earlier attempt that committed before
+//! its answer was lost (object_store retries 5xx answers): callers compare what is stored with
+//! what they sent before they call it a conflict.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,18 +23,24 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::{
-    BlobMeta, BlobStore, BlobStream, BlobUpload, PutOutcome, StorageError, PART_SIZE,
-    STAGING_PREFIX,
+    BlobMeta, BlobStore, BlobStream, BlobUpload, Precondition, PutOutcome, StorageError, Versioned,
+    PART_SIZE, STAGING_PREFIX,
 };
+
+/// Largest object created with a single conditional `PUT` on S3; larger ones are staged.
+/// Memory per upload is bounded by it.
+pub const SINGLE_PUT_MAX: usize = 8 << 20;
 
 /// [`BlobStore`] over any `object_store` backend.
 pub struct ObjectStoreBlobs {
     store: Arc<dyn ObjectStore>,
     /// Root directory for the local backend, where crash debris is swept by walking the tree.
     local_root: Option<std::path::PathBuf>,
+    /// S3: small objects go in one conditional PUT, and versions (ETags) can be compared.
+    s3: bool,
 }
 
 impl ObjectStoreBlobs {
@@ -32,7 +53,42 @@ impl ObjectStoreBlobs {
         Ok(ObjectStoreBlobs {
             store: Arc::new(store),
             local_root: Some(root.to_path_buf()),
+            s3: false,
         })
+    }
+
+    /// An S3-compatible bucket (see [`super::S3Settings`]).
+    pub fn s3(store: Arc<dyn ObjectStore>) -> Self {
+        ObjectStoreBlobs {
+            store,
+            local_root: None,
+            s3: true,
+        }
+    }
+
+    async fn staged_upload(&self, key: &str) -> Result<ObjectStoreUpload, StorageError> {
+        let staging = ObjectPath::from(staging_key());
+        let upload = self
+            .store
+            .put_multipart(&staging)
+            .await
+            .map_err(StorageError::from_object_store)?;
+        Ok(ObjectStoreUpload {
+            store: self.store.clone(),
+            staging,
+            dest: ObjectPath::from(key),
+            upload: Some(upload),
+            buffer: Vec::new(),
+            parts: 0,
+        })
+    }
+}
+
+fn meta_of(m: object_store::ObjectMeta) -> BlobMeta {
+    BlobMeta {
+        key: m.location.to_string(),
+        size: m.size,
+        last_modified: m.last_modified.into(),
     }
 }
 
@@ -57,20 +113,19 @@ impl BlobStore for ObjectStoreBlobs {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn BlobUpload>, StorageError>> {
         Box::pin(async move {
-            let staging = ObjectPath::from(staging_key());
-            let upload = self
-                .store
-                .put_multipart(&staging)
-                .await
-                .map_err(StorageError::from_object_store)?;
-            Ok(Box::new(ObjectStoreUpload {
-                store: self.store.clone(),
-                staging,
-                dest: ObjectPath::from(key),
-                upload: Some(upload),
-                buffer: Vec::new(),
-                parts: 0,
-            }) as Box<dyn BlobUpload>)
+            if self.s3 {
+                return Ok(Box::new(S3Upload {
+                    blobs: Arc::new(ObjectStoreBlobs {
+                        store: self.store.clone(),
+                        local_root: None,
+                        s3: true,
+                    }),
+                    key: key.to_string(),
+                    buffer: Vec::new(),
+                    staged: None,
+                }) as Box<dyn BlobUpload>);
+            }
+            Ok(Box::new(self.staged_upload(key).await?) as Box<dyn BlobUpload>)
         })
     }
 
@@ -107,9 +162,13 @@ impl BlobStore for ObjectStoreBlobs {
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
+        Box::pin(async move { Ok(self.stat(key).await?.map(|m| m.size)) })
+    }
+
+    fn stat<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<BlobMeta>, StorageError>> {
         Box::pin(async move {
             match self.store.head(&ObjectPath::from(key)).await {
-                Ok(meta) => Ok(Some(meta.size)),
+                Ok(meta) => Ok(Some(meta_of(meta))),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(StorageError::from_object_store(e)),
             }
@@ -121,10 +180,7 @@ impl BlobStore for ObjectStoreBlobs {
             let prefix = ObjectPath::from(prefix);
             self.store
                 .list(Some(&prefix))
-                .map_ok(|m| BlobMeta {
-                    key: m.location.to_string(),
-                    size: m.size,
-                })
+                .map_ok(meta_of)
                 .map_err(StorageError::from_object_store)
                 .try_collect()
                 .await
@@ -156,6 +212,80 @@ impl BlobStore for ObjectStoreBlobs {
                 Err(e) => Err(StorageError::from_object_store(e)),
             }
         })
+    }
+
+    fn replace<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            // Local: a staged file renamed over the old one, file and directory fsynced; S3: a
+            // PUT, which is atomic and durable once answered.
+            self.store
+                .put_opts(
+                    &ObjectPath::from(key),
+                    PutPayload::from(data),
+                    PutMode::Overwrite.into(),
+                )
+                .await
+                .map_err(StorageError::from_object_store)?;
+            Ok(())
+        })
+    }
+
+    fn read_versioned<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned>, StorageError>> {
+        Box::pin(async move {
+            let res = match self.store.get(&ObjectPath::from(key)).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(StorageError::from_object_store(e)),
+            };
+            let version = res.meta.e_tag.clone();
+            let data = res.bytes().await.map_err(StorageError::from_object_store)?;
+            Ok(Some(Versioned { data, version }))
+        })
+    }
+
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+        condition: Precondition,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async move {
+            let mode = match condition {
+                Precondition::Absent => PutMode::Create,
+                Precondition::Version(e_tag) if self.s3 => PutMode::Update(UpdateVersion {
+                    e_tag: Some(e_tag),
+                    version: None,
+                }),
+                Precondition::Version(_) => {
+                    return Err(StorageError::Io(
+                        "local storage cannot compare object versions".into(),
+                    ))
+                }
+            };
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&ObjectPath::from(key), PutPayload::from(data), opts)
+                .await
+            {
+                Ok(r) => Ok(r.e_tag),
+                Err(
+                    e @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => Err(StorageError::Precondition(format!("{key}: {e}"))),
+                Err(e) => Err(StorageError::from_object_store(e)),
+            }
+        })
+    }
+
+    fn supports_versions(&self) -> bool {
+        self.s3
     }
 
     fn sweep_incomplete(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
@@ -302,6 +432,64 @@ impl BlobUpload for ObjectStoreUpload {
                 let _ = upload.abort().await;
             }
             let _ = self.store.delete(&self.staging).await;
+        })
+    }
+}
+
+/// An upload to S3: held in memory while it stays under [`SINGLE_PUT_MAX`] and sent in one
+/// conditional PUT; moved to a staged multipart upload as soon as it grows past it.
+struct S3Upload {
+    blobs: Arc<ObjectStoreBlobs>,
+    key: String,
+    buffer: Vec<u8>,
+    staged: Option<ObjectStoreUpload>,
+}
+
+impl BlobUpload for S3Upload {
+    fn write(&mut self, data: &[u8]) -> BoxFuture<'_, Result<(), StorageError>> {
+        let data = data.to_vec();
+        Box::pin(async move {
+            if let Some(staged) = self.staged.as_mut() {
+                return staged.write(&data).await;
+            }
+            self.buffer.extend_from_slice(&data);
+            if self.buffer.len() > SINGLE_PUT_MAX {
+                let mut staged = self.blobs.staged_upload(&self.key).await?;
+                let held = std::mem::take(&mut self.buffer);
+                staged.write(&held).await?;
+                self.staged = Some(staged);
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<PutOutcome, StorageError>> {
+        Box::pin(async move {
+            let S3Upload {
+                blobs,
+                key,
+                buffer,
+                staged,
+            } = *self;
+            if let Some(staged) = staged {
+                return Box::new(staged).commit().await;
+            }
+            match blobs
+                .put_if(&key, Bytes::from(buffer), Precondition::Absent)
+                .await
+            {
+                Ok(_) => Ok(PutOutcome::Created),
+                Err(StorageError::Precondition(_)) => Ok(PutOutcome::AlreadyExists),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Some(staged) = self.staged {
+                Box::new(staged).abort().await;
+            }
         })
     }
 }

@@ -65,13 +65,13 @@ impl ArchiveError {
         }
     }
 
-    fn from_storage(e: StorageError) -> Self {
+    pub(crate) fn from_storage(e: StorageError) -> Self {
         match e {
             StorageError::OutOfSpace(m) => ArchiveError::OutOfSpace(format!(
                 "the archive's storage is full ({m}); free space on the archive host, PostgreSQL will retry"
             )),
             StorageError::NotFound(m) => ArchiveError::MissingObject(m),
-            StorageError::Io(m) => ArchiveError::Storage(m),
+            StorageError::Io(m) | StorageError::Precondition(m) => ArchiveError::Storage(m),
         }
     }
 }
@@ -218,6 +218,8 @@ struct Pipeline {
     out: Vec<u8>,
     /// Bytes handed to storage so far.
     written: u64,
+    /// When storage says the published object was written.
+    stored_at: Option<std::time::SystemTime>,
     /// When false (identity check of an already stored name), nothing is written.
     store: bool,
 }
@@ -437,6 +439,7 @@ impl Archive {
                 },
                 out: Vec::new(),
                 written: 0,
+                stored_at: None,
                 store,
             };
         let put_key = if scratch {
@@ -550,7 +553,9 @@ impl Archive {
                     xxh3: Some(xxh3.clone()),
                     stored_size,
                     object_key: key,
-                    archived_at: now_rfc3339(),
+                    archived_at: pipeline
+                        .stored_at
+                        .map_or_else(now_rfc3339, crate::catalog::rfc3339),
                     state: "ok".into(),
                 };
                 if repairing {
@@ -585,6 +590,10 @@ impl Archive {
                     Err(e) => return Err(e),
                 };
                 let result = same_or_conflict(&incoming, &trailer.sha256_hex(), stored_size)?;
+                let archived_at = match self.blobs.stat(&key).await {
+                    Ok(Some(m)) => crate::catalog::rfc3339(m.last_modified),
+                    _ => now_rfc3339(),
+                };
                 let row = WalRow {
                     cluster: cluster.to_string(),
                     name: name.to_string(),
@@ -595,7 +604,7 @@ impl Archive {
                     xxh3: Some(xxh3),
                     stored_size,
                     object_key: key,
-                    archived_at: now_rfc3339(),
+                    archived_at,
                     state: "ok".into(),
                 };
                 if repairing {
@@ -649,11 +658,14 @@ impl Archive {
         pipeline.written += tail.len() as u64;
         let outcome = blob.commit().await.map_err(ArchiveError::from_storage)?;
         if outcome == PutOutcome::Created {
-            let stored = self
+            let meta = self
                 .blobs
-                .head(key)
+                .stat(key)
                 .await
                 .map_err(ArchiveError::from_storage)?;
+            let stored = meta.as_ref().map(|m| m.size);
+            // The catalog's time of the file is the object's own, which a rebuild reads back.
+            pipeline.stored_at = meta.map(|m| m.last_modified);
             if stored != Some(pipeline.written) {
                 tracing::error!(key, written = pipeline.written, stored = ?stored,
                     "the published object does not have the size written; moving it to quarantine");
@@ -745,7 +757,6 @@ impl Archive {
         if let Some(v) = p.validator.take() {
             let info = v.finish().map_err(validation_error)?;
             match self
-                .catalog
                 .bind_cluster(
                     cluster,
                     info.system_identifier,
@@ -827,7 +838,7 @@ impl Archive {
     }
 
     /// The stored object's trailer and the object's size, read without the object's content.
-    async fn read_trailer(&self, key: &str) -> Result<(Trailer, u64), ArchiveError> {
+    pub(crate) async fn read_trailer(&self, key: &str) -> Result<(Trailer, u64), ArchiveError> {
         let size = self
             .blobs
             .head(key)
@@ -1017,6 +1028,63 @@ impl Archive {
         Ok(out)
     }
 
+    /// Binds `cluster` to a database system, in storage first (a create-only record, so that a
+    /// catalog rebuilt from storage knows it) and then in the catalog; afterwards says whether
+    /// a segment's system and size match it.
+    pub async fn bind_cluster(
+        &self,
+        cluster: &str,
+        system_identifier: u64,
+        segment_size: u64,
+        pg_major: u32,
+    ) -> Result<Binding, ArchiveError> {
+        if let Some(row) = self.catalog.cluster(cluster).await? {
+            if let (Some(s), Some(z)) = (row.system_identifier, row.segment_size) {
+                return Ok(if s == system_identifier && z == segment_size {
+                    Binding::Ok
+                } else {
+                    Binding::Mismatch {
+                        system_identifier: s,
+                        segment_size: z,
+                    }
+                });
+            }
+        }
+        let record = crate::meta::create(
+            &*self.blobs,
+            &crate::meta::cluster_key(cluster),
+            crate::meta::ClusterRecord {
+                system_identifier: system_identifier.to_string(),
+                segment_size,
+                pg_major,
+            },
+        )
+        .await
+        .map_err(|e| ArchiveError::Storage(format!("recording the cluster's binding: {e}")))?;
+        let bound: u64 = record.system_identifier.parse().map_err(|_| {
+            ArchiveError::Corrupt(format!(
+                "the binding record of cluster {cluster:?} names system {:?}",
+                record.system_identifier
+            ))
+        })?;
+        // The catalog takes the recorded binding, which may be another system's than this
+        // file's if another server (or an earlier life of this one) bound the cluster first.
+        match self
+            .catalog
+            .bind_cluster(cluster, bound, record.segment_size, record.pg_major)
+            .await?
+        {
+            Binding::Ok if bound == system_identifier && record.segment_size == segment_size => {
+                Ok(Binding::Ok)
+            }
+            Binding::Ok => Ok(Binding::Mismatch {
+                system_identifier: bound,
+                segment_size: record.segment_size,
+            }),
+            mismatch => Ok(mismatch),
+        }
+    }
+
     /// The row of a file the archive holds now: cataloged, its object present and intact by its
     /// trailer and size (as before a 200 to a `PUT`). `None` when it is not cataloged; an error
     /// when its object is missing or damaged.
@@ -1062,7 +1130,7 @@ impl Archive {
                 row.object_key
             )));
         }
-        let (sha, size) = self.hash_object(&row.object_key).await?;
+        let (sha, size, xxh3) = self.hash_object_xxh3(&row.object_key).await?;
         if sha != row.sha256 || size != row.size {
             return Err(ArchiveError::Corrupt(format!(
                 "stored {name} fails its checksum: expected SHA-256 {} ({} bytes), read {sha} \
@@ -1070,11 +1138,28 @@ impl Archive {
                 row.sha256, row.size, row.object_key
             )));
         }
+        if row.xxh3.is_none() {
+            // A row rebuilt from storage (the object carries only its SHA-256): the XXH3-128
+            // of the content just verified is recorded, and sent from now on.
+            self.catalog
+                .set_wal_xxh3(cluster, &row.name, xxh3.clone())
+                .await?;
+            return Ok(WalRow {
+                xxh3: Some(xxh3),
+                ..row
+            });
+        }
         Ok(row)
     }
 
-    /// Decompresses and hashes a stored object.
+    /// Decompresses and hashes a stored object: SHA-256 and size.
     pub async fn hash_object(&self, key: &str) -> Result<(String, u64), ArchiveError> {
+        let (sha, size, _) = self.hash_object_xxh3(key).await?;
+        Ok((sha, size))
+    }
+
+    /// [`Archive::hash_object`], with the XXH3-128 of the content too.
+    async fn hash_object_xxh3(&self, key: &str) -> Result<(String, u64, String), ArchiveError> {
         let mut stream = self
             .blobs
             .get(key)
@@ -1083,12 +1168,14 @@ impl Archive {
         let mut dec = Decompressor::new()
             .map_err(|e| ArchiveError::Storage(format!("cannot start decompression: {e}")))?;
         let mut hasher = Sha256::new();
+        let mut xxh3 = Xxh3::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(ArchiveError::from_storage)?;
             dec.write(&chunk, |plain| {
                 size += plain.len() as u64;
                 hasher.update(plain);
+                xxh3.update(plain);
                 Ok(())
             })
             .map_err(|e| {
@@ -1100,7 +1187,7 @@ impl Archive {
                 "stored object {key} ends inside a zstd frame: it was cut short"
             )));
         }
-        Ok((hasher.finish_hex(), size))
+        Ok((hasher.finish_hex(), size, xxh3.finish_hex()))
     }
 }
 

@@ -205,6 +205,47 @@ impl Decompressor {
     }
 }
 
+/// A small object whole in the object format (zstd and the checksum trailer): records.
+pub fn seal_small(plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = Compressor::new(3)?;
+    let mut out = Vec::new();
+    c.write(plain, &mut out)?;
+    c.finish(&mut out)?;
+    let mut h = pgwal::checksum::Sha256::new();
+    h.update(plain);
+    out.extend_from_slice(
+        &Trailer {
+            sha256: h.finish(),
+            size: plain.len() as u64,
+        }
+        .encode(),
+    );
+    Ok(out)
+}
+
+/// The content of an object written by [`seal_small`], checked against its trailer.
+pub fn open_small(stored: &[u8]) -> Result<Vec<u8>, String> {
+    if stored.len() < TRAILER_LEN {
+        return Err(format!("{} bytes is too short", stored.len()));
+    }
+    let trailer =
+        Trailer::decode(&stored[stored.len() - TRAILER_LEN..]).ok_or("no valid trailer")?;
+    let mut d = Decompressor::new().map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    d.write(stored, |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    if !d.is_complete() {
+        return Err("it ends inside a zstd frame".into());
+    }
+    if sha256_hex(&out) != trailer.sha256_hex() || out.len() as u64 != trailer.size {
+        return Err("its content does not match its checksum".into());
+    }
+    Ok(out)
+}
+
 /// SHA-256 in hex of a byte slice.
 pub fn sha256_hex(data: &[u8]) -> String {
     pgwal::checksum::sha256_hex(data)

@@ -246,7 +246,6 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Uni
         Some(v) => {
             let info = v.finish().map_err(|e| Corrupt(e.to_string()))?;
             let binding = archive
-                .catalog
                 .bind_cluster(
                     &cluster,
                     info.system_identifier,
@@ -278,7 +277,10 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Uni
             xxh3: Some(xxh3.finish_hex()),
             stored_size: size,
             object_key: key.to_string(),
-            archived_at: now_rfc3339(),
+            archived_at: match archive.blobs.stat(key).await {
+                Ok(Some(m)) => crate::catalog::rfc3339(m.last_modified),
+                _ => now_rfc3339(),
+            },
             state: "ok".into(),
         })
         .await

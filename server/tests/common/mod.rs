@@ -24,7 +24,7 @@ pub struct Env {
     pub storage: PathBuf,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _lock: std::fs::File,
+    _lock: wal_archive_server::Guard,
 }
 
 impl Env {
