@@ -63,6 +63,9 @@ pub struct StorageConfig {
     /// How long the ownership lease of a bucket lasts without renewal, in seconds (default
     /// 60): after a host is lost, its replacement can take the storage over after this long.
     pub lease_seconds: Option<u64>,
+    /// The longest one request to the bucket may take, in seconds (default 120); a request
+    /// that takes longer is abandoned and retried.
+    pub request_timeout: Option<u64>,
     /// Refused with a message: keys never go in the configuration file.
     access_key_id: Option<String>,
     secret_access_key: Option<String>,

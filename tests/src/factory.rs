@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::pg::{copy_archive_command, Pg, PgOptions};
+use crate::pg::{copy_archive_command, BaseBackupOptions, Pg, PgOptions};
 use crate::testdir::TestDir;
 use crate::util::wait_until;
 
@@ -26,6 +26,19 @@ impl WalFactory {
         pg.set("archive_command", copy_archive_command(&out))?;
         pg.start()?;
         pg.psql("create table t (id bigserial primary key, payload text)")?;
+        Ok(WalFactory { pg, out })
+    }
+
+    /// A split brain: a copy of this cluster (pg_basebackup, same system identifier, same
+    /// timeline), started on its own, so that from here on both write segments of the same
+    /// names with other bytes. Its copies go to their own directory.
+    pub fn fork(&self, dir: &TestDir, name: &str) -> Result<WalFactory> {
+        let out = dir.pg_subdir(&format!("{name}-wal"))?;
+        std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let pg = Pg::from_basebackup(&self.pg, dir, name, BaseBackupOptions::copy())?;
+        pg.set("archive_command", copy_archive_command(&out))?;
+        pg.start()?;
+        pg.psql("insert into t (payload) values ('written by the fork only')")?;
         Ok(WalFactory { pg, out })
     }
 

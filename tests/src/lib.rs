@@ -29,6 +29,9 @@
 //!   backlog of `.ready` segments archived mostly from records.
 //! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:
 //!   exit codes that tell PostgreSQL the truth, an owner-only data directory.
+//! - `s3.rs`: storage on a real S3-compatible store (SeaweedFS): create-only writes, faults and
+//!   an outage between the server and its bucket, one server per bucket (the lease), and a new
+//!   host that rebuilds its catalog from the bucket and serves scenarios 1 and 4 (scenario 8).
 //! - `rebuild.rs`: a catalog rebuilt from storage alone says and restores what the old one did.
 //! - `timelines.rs`: what PostgreSQL writes around promotions and PITR is accepted: a history
 //!   file with decreasing switchpoints, a second `.partial` of the same WAL.
@@ -40,9 +43,11 @@ pub mod background;
 pub mod backup;
 pub mod cli;
 pub mod factory;
+pub mod faulty_proxy;
 pub mod http;
 pub mod pg;
 pub mod proxy;
+pub mod seaweed;
 pub mod server;
 pub mod testdir;
 pub mod util;
@@ -51,9 +56,11 @@ pub mod wal;
 pub use background::Background;
 pub use cli::Cli;
 pub use factory::WalFactory;
+pub use faulty_proxy::FaultyProxy;
 pub use http::{Api, Response};
 pub use pg::{copy_archive_command, BaseBackupOptions, Pg, PgOptions};
 pub use proxy::FreezableProxy;
+pub use seaweed::SeaweedFs;
 pub use server::Server;
 pub use testdir::{pg_command, Binary, TestDir, PG_BIN, PSQL};
 pub use util::{

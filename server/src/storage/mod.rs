@@ -37,7 +37,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobSto
     let s = &config.storage;
     match s.kind.as_str() {
         "s3" => {
-            let settings = S3Settings::resolve(
+            let mut settings = S3Settings::resolve(
                 s.bucket.as_deref().unwrap_or(""),
                 s.endpoint.as_deref(),
                 s.region.as_deref(),
@@ -47,6 +47,9 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobSto
                     profile: s.profile.clone(),
                 },
             )?;
+            if let Some(secs) = s.request_timeout {
+                settings.request_timeout = std::time::Duration::from_secs(secs.max(1));
+            }
             let store = settings.build().map_err(|e| e.to_string())?;
             tracing::info!(bucket = %settings.bucket, endpoint = settings.endpoint.as_deref().unwrap_or("AWS"),
                 prefix = %settings.prefix, "storage: S3-compatible bucket");

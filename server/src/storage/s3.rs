@@ -35,6 +35,8 @@ pub struct S3Settings {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
+    /// The longest one request may take.
+    pub request_timeout: Duration,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -114,6 +116,7 @@ impl S3Settings {
             access_key_id,
             secret_access_key,
             session_token,
+            request_timeout: Duration::from_secs(120),
         })
     }
 
@@ -129,7 +132,7 @@ impl S3Settings {
         let options = ClientOptions::new()
             .with_allow_http(loopback_http)
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(120));
+            .with_timeout(self.request_timeout);
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -297,6 +300,7 @@ mod tests {
             access_key_id: "AKIA".into(),
             secret_access_key: "very-secret".into(),
             session_token: Some("token-secret".into()),
+            request_timeout: Duration::from_secs(1),
         };
         let shown = format!("{s:?}");
         assert!(
