@@ -12,8 +12,10 @@
 //!   said 0 for is served byte for byte, under faults (or refused, never wrong) and after them.
 //! - `one_server_per_bucket`: a second server on the same bucket is refused while the first
 //!   holds its lease, saying who holds it until when; after a clean stop it starts at once;
-//!   after a crash only once the lease expired, or at once with `--take-over`; a server whose
-//!   storage is taken over stops.
+//!   after a crash the crashed server restarts at once, another only once the lease expired or
+//!   with `--take-over`; a server whose storage is taken over stops.
+//! - `a_server_that_cannot_renew_its_lease_stops_before_it_expires`: the bucket unreachable,
+//!   the server stops while its lease is still its own; once the bucket is back it starts again.
 //! - `a_new_host_rebuilds_and_serves_scenarios_1_and_4` (scenario 8): a primary archives into a
 //!   server on a bucket, a backup is taken and a standby made; the server's host is lost (the
 //!   process killed, its data directory deleted); a new server on the same bucket rebuilds its
@@ -296,7 +298,10 @@ fn one_server_per_bucket() -> Result<()> {
     // A clean stop releases it.
     first.stop()?;
     second.start_again()?;
-    // A crash does not: another server starts only once the lease expired (4 s).
+    // A crash does not: the same server (host and data directory) restarts at once, another
+    // only once the lease expired (4 s).
+    second.kill9()?;
+    second.start_again()?;
     second.kill9()?;
     let third_dir = TestDir::new("s3-lease-third")?;
     let mut third = prepare(&third_dir, &weed, &weed.endpoint(), "lease", lease)?;
@@ -325,6 +330,33 @@ fn one_server_per_bucket() -> Result<()> {
         fourth.api().healthz()?,
         "the server that took over is not healthy"
     );
+    Ok(())
+}
+
+#[test]
+fn a_server_that_cannot_renew_its_lease_stops_before_it_expires() -> Result<()> {
+    let dir = TestDir::new("s3-lease-renewal")?;
+    let weed = SeaweedFs::start(&dir, "weed")?;
+    let proxy = FaultyProxy::start(weed.s3_port(), 3, Duration::from_secs(4))?;
+    proxy.set_faults(false);
+    let mut server = s3_server(
+        &dir,
+        &weed,
+        &proxy.endpoint(),
+        "renewal",
+        "lease_seconds = 3\n",
+    )?;
+    proxy.set_outage(true);
+    let status = server.wait_exit(Duration::from_secs(30))?;
+    ensure!(!status.success(), "{status}");
+    ensure!(
+        server.log().contains("cannot renew the storage lease"),
+        "{}",
+        server.log_tail()
+    );
+    // Once the store is back, the server starts on it again.
+    proxy.set_outage(false);
+    server.start_again()?;
     Ok(())
 }
 

@@ -5,13 +5,17 @@
 //! and renewed only with conditional writes (`If-None-Match: *` to create, `If-Match` on the
 //! version read to change), so of two servers that try at once exactly one wins.
 //!
-//! - At start a server takes the lease if there is none, if it has expired, or with
-//!   `--take-over`; otherwise it refuses to start and says who holds it until when.
+//! - At start a server takes the lease if there is none, if it has expired, if an earlier run
+//!   of itself held it (same host and data directory, whose lock it now holds: a restart after
+//!   a crash), or with `--take-over`; otherwise it refuses to start and says who holds it
+//!   until when.
 //! - It renews the lease every third of its length. A renewal that finds another holder means
 //!   the storage was taken over: the server stops at once, before it writes anything more.
+//!   Renewals that keep failing (the bucket unreachable) stop it too, while the lease is still
+//!   its own, so that it never writes past its expiry.
 //! - A clean stop releases it (expiry set to now), so a replacement can start at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +65,8 @@ pub struct Lease {
     version: Mutex<Option<String>>,
     ttl: Duration,
     lost: AtomicBool,
+    /// Until when the lease is ours for sure: the expiry of the last write that landed.
+    confirmed_until: AtomicU64,
     active: bool,
 }
 
@@ -110,6 +116,7 @@ impl Lease {
             version: Mutex::new(None),
             ttl,
             lost: AtomicBool::new(false),
+            confirmed_until: AtomicU64::new(record.expires_at),
             active,
         };
         if !active {
@@ -122,18 +129,27 @@ impl Lease {
                     let held: LeaseRecord = serde_json::from_slice(&current.data)
                         .map_err(|e| LeaseError::Damaged(e.to_string()))?;
                     let expired = held.expires_at <= now_secs();
-                    if !expired && !take_over {
+                    // The same host and data directory: an earlier run of this server (the
+                    // data directory's lock, held now, proves that run has ended).
+                    let ours = held.host == record.host && held.data_dir == record.data_dir;
+                    if !expired && !take_over && !ours {
                         return Err(LeaseError::Held {
                             host: held.host,
                             data_dir: held.data_dir,
                             until: rfc3339(held.expires_at),
                         });
                     }
+                    let why = if ours {
+                        "an earlier run of this server on this host and data directory"
+                    } else if expired {
+                        "its lease expired"
+                    } else {
+                        "--take-over"
+                    };
                     tracing::warn!(
                         host = %held.host, data_dir = %held.data_dir,
                         expired_at = %rfc3339(held.expires_at),
-                        "taking the storage over from another server ({})",
-                        if expired { "its lease expired" } else { "--take-over" }
+                        "taking the storage over from another server ({why})"
                     );
                     match current.version {
                         Some(v) => Precondition::Version(v),
@@ -203,6 +219,7 @@ impl Lease {
         {
             Ok(v) => {
                 *self.version.lock().unwrap_or_else(|p| p.into_inner()) = v;
+                self.confirmed_until.store(expires_at, Ordering::SeqCst);
                 Ok(())
             }
             Err(StorageError::Precondition(e)) => {
@@ -213,6 +230,7 @@ impl Lease {
                         if held == record {
                             *self.version.lock().unwrap_or_else(|p| p.into_inner()) =
                                 current.version;
+                            self.confirmed_until.store(expires_at, Ordering::SeqCst);
                             return Ok(());
                         }
                     }
@@ -225,8 +243,9 @@ impl Lease {
     }
 
     /// Renews the lease every third of its length until `stop`; calls `on_lost` (once) if
-    /// another server took the storage over. A failed renewal (storage unreachable) is retried
-    /// at the next turn; the lease stays ours until it expires.
+    /// another server took the storage over, or if renewals kept failing (storage unreachable)
+    /// until the lease may have expired: from then on another server may take it, so this one
+    /// must not write any more.
     pub async fn keep(
         self: Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -248,7 +267,22 @@ impl Lease {
                     on_lost();
                     return;
                 }
-                Err(e) => tracing::warn!("cannot renew the storage lease now: {e}"),
+                Err(e) => {
+                    // Stop while the lease is still ours: by the next turn it may have expired
+                    // and another server may have taken the storage over.
+                    let confirmed_until = self.confirmed_until.load(Ordering::SeqCst);
+                    if now_secs() + every.as_secs() >= confirmed_until {
+                        tracing::error!(
+                            "cannot renew the storage lease ({e}) and it expires before the \
+                             next try: another server may then take the storage over, so this \
+                             one stops writing; stopping"
+                        );
+                        self.lost.store(true, Ordering::SeqCst);
+                        on_lost();
+                        return;
+                    }
+                    tracing::warn!("cannot renew the storage lease now: {e}");
+                }
             }
         }
     }
