@@ -8,6 +8,8 @@
 //!
 //! - [`ObjectStoreBlobs`] provides that over `object_store`: local files under the data
 //!   directory (`objects.rs`), or an S3-compatible bucket (`s3.rs` builds the client);
+//! - [`EncryptedBlobs`] wraps any store and seals what it stores (`encryption.rs`, when
+//!   `[encryption]` is configured);
 //! - [`FaultyBlobs`] wraps any store and injects failures for tests (`faults.rs`);
 //! - `durability.rs` owns every fsync of the local backend.
 //!
@@ -17,6 +19,7 @@
 //! on stable storage under its final key, and never replaces an existing object.
 
 pub mod durability;
+pub mod encryption;
 mod faults;
 pub mod lease;
 mod objects;
@@ -28,6 +31,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use encryption::{EncryptedBlobs, Keyring};
 pub use faults::{FaultPlan, FaultyBlobs};
 pub use objects::ObjectStoreBlobs;
 pub use s3::S3Settings;
@@ -75,6 +79,13 @@ pub enum StorageError {
     /// A conditional write found the object not as expected (present, or another version).
     #[error("{0}")]
     Precondition(String),
+    /// The object is sealed with an encryption key (or in a format) this server cannot open:
+    /// configuration, not damage; a retry will not help until the configuration changes.
+    #[error("{0}")]
+    Key(String),
+    /// The object's sealed bytes fail their authentication: damaged, never served.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl StorageError {
