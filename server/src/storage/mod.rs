@@ -36,10 +36,11 @@ pub use faults::{FaultPlan, FaultyBlobs};
 pub use objects::ObjectStoreBlobs;
 pub use s3::S3Settings;
 
-/// The storage `config` names: files under the data directory, or an S3-compatible bucket.
+/// The storage `config` names: files under the data directory, or an S3-compatible bucket;
+/// sealed by [`EncryptedBlobs`] when `[encryption]` is set.
 pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobStore>, String> {
     let s = &config.storage;
-    match s.kind.as_str() {
+    let blobs = match s.kind.as_str() {
         "s3" => {
             let settings = S3Settings::resolve(
                 s.bucket.as_deref().unwrap_or(""),
@@ -54,12 +55,31 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobSto
             let store = settings.build().map_err(|e| e.to_string())?;
             tracing::info!(bucket = %settings.bucket, endpoint = settings.endpoint.as_deref().unwrap_or("AWS"),
                 prefix = %settings.prefix, "storage: S3-compatible bucket");
-            Ok(std::sync::Arc::new(ObjectStoreBlobs::s3(store)))
+            ObjectStoreBlobs::s3(store)
         }
-        _ => Ok(std::sync::Arc::new(
-            ObjectStoreBlobs::local(&config.storage_dir()).map_err(|e| e.to_string())?,
-        )),
+        _ => ObjectStoreBlobs::local(&config.storage_dir()).map_err(|e| e.to_string())?,
+    };
+    let Some(keys) = &config.encryption else {
+        return Ok(std::sync::Arc::new(blobs));
+    };
+    let old: Vec<String> = keys.old_ids().iter().map(|id| id.to_string()).collect();
+    tracing::info!(
+        "encryption at rest: key id {} seals new objects; older key ids that still open: {}",
+        keys.current_id(),
+        if old.is_empty() {
+            "none".to_string()
+        } else {
+            old.join(", ")
+        }
+    );
+    for file in keys.exposed_files() {
+        tracing::warn!(file = %file.display(),
+            "encryption key file is readable by other users: chmod 600 it (or 640 for a group the server is in)");
     }
+    Ok(std::sync::Arc::new(EncryptedBlobs::new(
+        blobs,
+        keys.clone(),
+    )))
 }
 
 /// Prefix of in-flight uploads; anything under it at start is debris of a crash.
