@@ -611,21 +611,8 @@ impl<S: BlobStore> BlobStore for EncryptedBlobs<S> {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>> {
         Box::pin(async move {
-            let mut opening = Opening {
-                object: key.to_string(),
-                keys: self.keys.clone(),
-                inner: self.inner.get(key).await?,
-                buf: BytesMut::new(),
-                ended: false,
-                mode: Mode::Probe,
-            };
-            // The header is read before the stream is handed out, so that a missing key is the
-            // answer to `get` itself rather than the first item of its stream.
-            opening.decide().await?;
-            Ok(futures::stream::try_unfold(opening, |mut o| async move {
-                Ok(o.next_piece().await?.map(|piece| (piece, o)))
-            })
-            .boxed())
+            let inner = self.inner.get(key).await?;
+            open_stream(key, self.keys.clone(), inner).await
         })
     }
 
@@ -845,6 +832,29 @@ impl BlobUpload for SealingUpload {
     }
 }
 
+/// The plaintext of `inner`, the stored bytes of `object`, as a stream. The header is read
+/// before the stream is handed out, so that a missing key is the answer to `get` itself rather
+/// than the first item of its stream.
+async fn open_stream(
+    object: &str,
+    keys: Arc<Keyring>,
+    inner: BlobStream,
+) -> Result<BlobStream, StorageError> {
+    let mut opening = Opening {
+        object: object.to_string(),
+        keys,
+        inner,
+        buf: BytesMut::new(),
+        ended: false,
+        mode: Mode::Probe,
+    };
+    opening.decide().await?;
+    Ok(futures::stream::try_unfold(opening, |mut o| async move {
+        Ok(o.next_piece().await?.map(|piece| (piece, o)))
+    })
+    .boxed())
+}
+
 /// The state of a streamed read.
 struct Opening {
     object: String,
@@ -870,7 +880,8 @@ enum Mode {
 }
 
 impl Opening {
-    /// Receives one more piece into `buf`; false once the inner stream has ended.
+    /// Receives one more piece into `buf`; false once the inner stream has ended. Never called
+    /// after that: a stream polled past its end may panic.
     async fn fill(&mut self) -> Result<bool, StorageError> {
         match self.inner.next().await {
             Some(piece) => {
@@ -928,6 +939,10 @@ impl Opening {
                 Mode::Plain => {
                     if !self.buf.is_empty() {
                         return Ok(Some(self.buf.split().freeze()));
+                    }
+                    if self.ended {
+                        self.mode = Mode::Done;
+                        return Ok(None);
                     }
                     match self.inner.next().await {
                         Some(piece) => return piece.map(Some),
@@ -1379,6 +1394,45 @@ mod tests {
             .expect("list")
             .iter()
             .any(|m| m.key == "odd"));
+    }
+
+    /// `bytes` in pieces of `piece` bytes, as a stream that panics if polled past its end (as
+    /// some network streams do).
+    fn strict_stream(bytes: &[u8], piece: usize) -> BlobStream {
+        let pieces: Vec<Bytes> = bytes.chunks(piece).map(Bytes::copy_from_slice).collect();
+        futures::stream::unfold(pieces.into_iter(), |mut rest| async move {
+            rest.next().map(|p| (Ok(p), rest))
+        })
+        .boxed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streamed_reads_take_any_piece_sizes_and_stop_at_the_end() {
+        let keys = keys(KEY_A, &[]);
+        let big = data(2 * FRAME_LEN + 3);
+        for plain in [&b""[..], b"x", b"WALA", b"WALAENC", &big[..4096], &big[..]] {
+            let sealed = Sealer::new(keys.current.clone())
+                .expect("sealer")
+                .seal_whole(plain)
+                .expect("seal");
+            for piece in [1, 7, 25, 26, 100_003, usize::MAX] {
+                if piece < 25 && plain.len() > 4096 {
+                    continue;
+                }
+                for (what, stored) in [("sealed", &sealed[..]), ("plain", plain)] {
+                    let stream = open_stream("o", keys.clone(), strict_stream(stored, piece))
+                        .await
+                        .expect("open");
+                    let got: Vec<Bytes> = stream.try_collect().await.expect("read");
+                    assert_eq!(
+                        got.concat(),
+                        plain,
+                        "{what} object of {} bytes in pieces of {piece}",
+                        plain.len()
+                    );
+                }
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
