@@ -31,6 +31,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     tls: Option<TlsConfig>,
     storage: Option<StorageConfig>,
+    encryption: Option<EncryptionConfig>,
     max_concurrent_uploads: Option<usize>,
     metrics_require_token: Option<bool>,
     body_idle_timeout: Option<u64>,
@@ -69,6 +70,16 @@ pub struct StorageConfig {
     /// Refused with a message: keys never go in the configuration file.
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
+}
+
+/// `[encryption]`: objects written from now on are sealed with `key_file`; `old_key_files`
+/// only open objects sealed before a key rotation.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct EncryptionConfig {
+    key_file: PathBuf,
+    #[serde(default)]
+    old_key_files: Vec<PathBuf>,
 }
 
 fn default_storage_kind() -> String {
@@ -212,6 +223,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: Option<TlsConfig>,
     pub storage: StorageConfig,
+    /// The keys of `[encryption]`, read and checked at load; `None`: objects are stored as
+    /// they are. Its `Debug` names key ids and files, never keys.
+    pub encryption: Option<std::sync::Arc<crate::storage::Keyring>>,
     /// WAL uploads handled at once (DESIGN §5).
     pub max_concurrent_uploads: usize,
     /// `/metrics` answers only requests with a valid token (of any role).
@@ -370,6 +384,13 @@ impl Config {
                 }
             }
         }
+        let encryption = match &file.encryption {
+            Some(e) => Some(std::sync::Arc::new(
+                crate::storage::Keyring::load(&e.key_file, &e.old_key_files)
+                    .map_err(ConfigError::Invalid)?,
+            )),
+            None => None,
+        };
         let max_concurrent_uploads = file
             .max_concurrent_uploads
             .unwrap_or(DEFAULT_MAX_CONCURRENT_UPLOADS);
@@ -397,6 +418,7 @@ impl Config {
             data_dir,
             tls: file.tls,
             storage,
+            encryption,
             max_concurrent_uploads,
             metrics_require_token,
             body_idle_timeout,
@@ -534,6 +556,51 @@ compression_level = 3
         }
         let ok = "[clusters.main]\nretention = \"redundancy 2\"\nbackup_schedule = \"*/3 * * * * *\"\nlast_backup_maximum_age = \"2 days\"";
         assert!(Config::from_toml(ok, &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn encryption_keys_are_read_and_checked_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = dir.path().join("raw.key");
+        std::fs::write(&raw, (1..=32u8).collect::<Vec<u8>>()).expect("write");
+        let hex_key = dir.path().join("hex.key");
+        std::fs::write(&hex_key, format!("{}\n", "ab".repeat(31) + "cd")).expect("write");
+        let text = format!(
+            "[encryption]\nkey_file = {:?}\nold_key_files = [{:?}]\n",
+            raw.display().to_string(),
+            hex_key.display().to_string()
+        );
+        let c = Config::from_toml(&text, &Overrides::default()).expect("valid");
+        let keys = c.encryption.expect("keys");
+        assert_eq!(keys.old_ids().len(), 1);
+        assert_ne!(keys.current_id(), keys.old_ids()[0]);
+        // Debug names key ids and files, never key bytes.
+        let shown = format!("{keys:?}");
+        assert!(shown.contains(&keys.current_id().to_string()), "{shown}");
+        assert!(!shown.contains(&hex::encode((1..=32u8).collect::<Vec<u8>>())));
+        assert!(!shown.contains(&"ab".repeat(31)));
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, [7u8; 31]).expect("write");
+        let zeros = dir.path().join("zeros.key");
+        std::fs::write(&zeros, [0u8; 32]).expect("write");
+        for (bad, why) in [
+            (dir.path().join("missing.key"), "cannot read"),
+            (short, "32 raw bytes"),
+            (zeros, "not a random key"),
+        ] {
+            let text = format!("[encryption]\nkey_file = {:?}\n", bad.display().to_string());
+            let err = Config::from_toml(&text, &Overrides::default()).expect_err("refused");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let text = format!(
+            "[encryption]\nkey_file = {:?}\nold_key_files = [{:?}]\n",
+            raw.display().to_string(),
+            dir.path().join("gone.key").display().to_string()
+        );
+        let err = Config::from_toml(&text, &Overrides::default()).expect_err("refused");
+        assert!(err.to_string().contains("old_key_files"), "{err}");
+        assert!(Config::from_toml("[encryption]\nkey = \"x\"", &Overrides::default()).is_err());
     }
 
     #[test]

@@ -38,6 +38,9 @@
 //! - `prefetch.rs`: the asynchronous fetch spool: a corrupted spooled file is discarded at
 //!   hand-over, never handed over; one prefetch worker per spool, token out of its arguments,
 //!   exit when idle; recovery across a promotion's timeline switch with prefetch on.
+//! - `encryption.rs`: encryption at rest: nothing of a real cluster's WAL readable in storage
+//!   (against an unencrypted control), served exactly, refused with a clear message without
+//!   its key, key rotation through `old_key_files`; its header states the promises.
 
 pub mod background;
 pub mod backup;

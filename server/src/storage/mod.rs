@@ -8,6 +8,8 @@
 //!
 //! - [`ObjectStoreBlobs`] provides that over `object_store`: local files under the data
 //!   directory (`objects.rs`), or an S3-compatible bucket (`s3.rs` builds the client);
+//! - [`EncryptedBlobs`] wraps any store and seals what it stores (`encryption.rs`, when
+//!   `[encryption]` is configured);
 //! - [`FaultyBlobs`] wraps any store and injects failures for tests (`faults.rs`);
 //! - `durability.rs` owns every fsync of the local backend.
 //!
@@ -17,6 +19,7 @@
 //! on stable storage under its final key, and never replaces an existing object.
 
 pub mod durability;
+pub mod encryption;
 mod faults;
 pub mod lease;
 mod objects;
@@ -28,14 +31,16 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use encryption::{EncryptedBlobs, Keyring};
 pub use faults::{FaultPlan, FaultyBlobs};
 pub use objects::ObjectStoreBlobs;
 pub use s3::S3Settings;
 
-/// The storage `config` names: files under the data directory, or an S3-compatible bucket.
+/// The storage `config` names: files under the data directory, or an S3-compatible bucket;
+/// sealed by [`EncryptedBlobs`] when `[encryption]` is set.
 pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobStore>, String> {
     let s = &config.storage;
-    match s.kind.as_str() {
+    let blobs = match s.kind.as_str() {
         "s3" => {
             let mut settings = S3Settings::resolve(
                 s.bucket.as_deref().unwrap_or(""),
@@ -53,12 +58,31 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobSto
             let store = settings.build().map_err(|e| e.to_string())?;
             tracing::info!(bucket = %settings.bucket, endpoint = settings.endpoint.as_deref().unwrap_or("AWS"),
                 prefix = %settings.prefix, "storage: S3-compatible bucket");
-            Ok(std::sync::Arc::new(ObjectStoreBlobs::s3(store)))
+            ObjectStoreBlobs::s3(store)
         }
-        _ => Ok(std::sync::Arc::new(
-            ObjectStoreBlobs::local(&config.storage_dir()).map_err(|e| e.to_string())?,
-        )),
+        _ => ObjectStoreBlobs::local(&config.storage_dir()).map_err(|e| e.to_string())?,
+    };
+    let Some(keys) = &config.encryption else {
+        return Ok(std::sync::Arc::new(blobs));
+    };
+    let old: Vec<String> = keys.old_ids().iter().map(|id| id.to_string()).collect();
+    tracing::info!(
+        "encryption at rest: key id {} seals new objects; older key ids that still open: {}",
+        keys.current_id(),
+        if old.is_empty() {
+            "none".to_string()
+        } else {
+            old.join(", ")
+        }
+    );
+    for file in keys.exposed_files() {
+        tracing::warn!(file = %file.display(),
+            "encryption key file is readable by other users: chmod 600 it (or 640 for a group the server is in)");
     }
+    Ok(std::sync::Arc::new(EncryptedBlobs::new(
+        blobs,
+        keys.clone(),
+    )))
 }
 
 /// Prefix of in-flight uploads; anything under it at start is debris of a crash.
@@ -78,6 +102,13 @@ pub enum StorageError {
     /// A conditional write found the object not as expected (present, or another version).
     #[error("{0}")]
     Precondition(String),
+    /// The object is sealed with an encryption key (or in a format) this server cannot open:
+    /// configuration, not damage; a retry will not help until the configuration changes.
+    #[error("{0}")]
+    Key(String),
+    /// The object's sealed bytes fail their authentication: damaged, never served.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl StorageError {

@@ -72,6 +72,11 @@ impl ArchiveError {
             )),
             StorageError::NotFound(m) => ArchiveError::MissingObject(m),
             StorageError::Io(m) | StorageError::Precondition(m) => ArchiveError::Storage(m),
+            // A key the server lacks is configuration, not damage: 503 with the message that
+            // says which key to add, and the object is never treated as damaged.
+            StorageError::Key(m) => ArchiveError::Storage(m),
+            // Sealed bytes that fail authentication are damaged, as a failed checksum is.
+            StorageError::Damaged(m) => ArchiveError::Corrupt(m),
         }
     }
 }
