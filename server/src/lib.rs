@@ -91,6 +91,10 @@ pub async fn open(
         storage::lease::Lease::acquire(blobs.clone(), &config.data_dir, ttl, config.take_over)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    blobs
+        .prepare()
+        .await
+        .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
     let catalog_path = config.catalog_path();
     if config.rebuild_catalog && catalog_path.exists() {
         let aside = set_catalog_aside(&catalog_path)?;

@@ -38,7 +38,9 @@ use pgwal::SegmentSize;
 use tower::ServiceExt;
 use wal_archive_server::config::{Config, Overrides};
 use wal_archive_server::http::auth::Authorizer;
-use wal_archive_server::storage::{BlobStore, FaultPlan, FaultyBlobs, ObjectStoreBlobs};
+use wal_archive_server::storage::{
+    BlobStore, EncryptedBlobs, FaultPlan, FaultyBlobs, Keyring, ObjectStoreBlobs,
+};
 use wal_archive_server::{http::router, state::AppState};
 
 struct Env {
@@ -73,6 +75,25 @@ async fn env_with(
     plan: Arc<FaultPlan>,
     text: &str,
 ) -> Result<Env, (anyhow::Error, tempfile::TempDir)> {
+    env_over(dir, plan, text, None).await
+}
+
+/// A server whose objects are sealed with `key` (encryption at rest).
+async fn env_sealed(key: [u8; 32]) -> Env {
+    let keys = Arc::new(Keyring::from_keys(&key, &[]).expect("keys"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    match env_over(dir, Arc::new(FaultPlan::default()), "", Some(keys)).await {
+        Ok(env) => env,
+        Err((e, _)) => panic!("open: {e:#}"),
+    }
+}
+
+async fn env_over(
+    dir: tempfile::TempDir,
+    plan: Arc<FaultPlan>,
+    text: &str,
+    sealed: Option<Arc<Keyring>>,
+) -> Result<Env, (anyhow::Error, tempfile::TempDir)> {
     let config = Config::from_toml(
         text,
         &Overrides {
@@ -81,10 +102,17 @@ async fn env_with(
         },
     )
     .expect("config");
-    let blobs: Arc<dyn BlobStore> = Arc::new(FaultyBlobs {
-        inner: ObjectStoreBlobs::local(&config.storage_dir()).expect("storage"),
-        plan: plan.clone(),
-    });
+    let local = ObjectStoreBlobs::local(&config.storage_dir()).expect("storage");
+    let blobs: Arc<dyn BlobStore> = match sealed {
+        Some(keys) => Arc::new(FaultyBlobs {
+            inner: EncryptedBlobs::new(local, keys),
+            plan: plan.clone(),
+        }),
+        None => Arc::new(FaultyBlobs {
+            inner: local,
+            plan: plan.clone(),
+        }),
+    };
     let (archive, lock) = match wal_archive_server::open(&config, Some(blobs)).await {
         Ok(v) => v,
         Err(e) => return Err((e, dir)),
@@ -868,7 +896,18 @@ async fn client_zstd_must_be_whole_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn already_stored_proves_the_object_and_repairs_it() {
-    let env = env().await;
+    proves_and_repairs(env().await).await;
+}
+
+/// The same with encryption at rest: a sealed object whose bytes were damaged or cut fails
+/// authentication, and is moved to quarantine as stored and replaced all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_object_is_proven_and_repaired_too() {
+    let env = env_sealed(std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5c)).await;
+    proves_and_repairs(env).await;
+}
+
+async fn proves_and_repairs(env: Env) {
     let s = seg(22);
     let name = s.name(1).to_string();
     let bytes = s.build();
@@ -899,9 +938,12 @@ async fn already_stored_proves_the_object_and_repairs_it() {
     let mut other = bytes.clone();
     other[5000] ^= 1;
     assert_eq!(put(&env, &name, other).await.status, StatusCode::CONFLICT);
+    let r = put(&env, &name, bytes.clone()).await;
     assert_eq!(
-        put(&env, &name, bytes.clone()).await.status,
-        StatusCode::CREATED
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
     );
     assert_eq!(get(&env, &name).await.body, bytes);
     let quarantined = env.config.storage_dir().join("quarantine").join(

@@ -33,7 +33,11 @@
 //! Everything written through the wrapper is sealed: WAL and backup objects, records, the
 //! archive's identity, the lease. Keys (object names) are not: they name WAL files and backups,
 //! which listings need. Objects without the magic (written before encryption was turned on) are
-//! read as they are, as DESIGN §5 promises ("objects written from now on are encrypted").
+//! read as they are, as DESIGN §5 promises ("objects written from now on are encrypted"), in a
+//! store that held objects before encryption was turned on. A store sealed since its creation
+//! says so in [`SEALED_STORE_KEY`] (written by [`BlobStore::prepare`] when it finds the store
+//! new): there an object without the magic was not written by this server and is refused as
+//! damaged.
 //! Integrity of content does not rest on this layer alone: every WAL and backup object still
 //! carries its SHA-256, checked against the catalog before anything is served.
 //!
@@ -47,12 +51,15 @@
 //! ## Costs
 //!
 //! Memory per upload and per read is about two frames (2 MiB), whatever the object's size.
-//! Telling a sealed object from a plaintext one takes its first 25 bytes: `head` and `stat` read
-//! them after the inner `stat`, `get_range` reads them before the frames, and `list` reads them
-//! for every listed object ([`LIST_PROBES`] at a time).
+//! In a store sealed since its creation, sizes are arithmetic: `list`, `head` and `stat` read
+//! nothing more than the inner store's. In a mixed store, telling a sealed object from a
+//! plaintext one takes its first 25 bytes: `head` and `stat` read them after the inner `stat`,
+//! and `list` reads them for every listed object ([`LIST_PROBES`] at a time). `get_range`
+//! reads them before the frames in either.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -64,6 +71,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::{
     BlobMeta, BlobStore, BlobStream, BlobUpload, Precondition, PutOutcome, StorageError, Versioned,
 };
+
+/// Written (sealed) when encryption starts with the store: from then on every object of the
+/// store is sealed.
+pub const SEALED_STORE_KEY: &str = "meta/encryption";
 
 /// The first bytes of every sealed object.
 pub const MAGIC: &[u8; 8] = b"WALAENC1";
@@ -368,6 +379,16 @@ fn kind_of(object: &str, start: &[u8]) -> Result<Kind, StorageError> {
     }))
 }
 
+/// An object without the header in a store sealed since its creation: not written by this
+/// server, never served.
+fn not_sealed(object: &str) -> StorageError {
+    StorageError::Damaged(format!(
+        "object {object} is not sealed, though every object of this storage has been sealed \
+         since it was created ({SEALED_STORE_KEY}): something else wrote it; nothing of it is \
+         served"
+    ))
+}
+
 fn nonce(prefix: &[u8; 8], index: u32) -> Nonce {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(prefix);
@@ -500,6 +521,9 @@ impl Opener {
 pub struct EncryptedBlobs<S> {
     inner: S,
     keys: Arc<Keyring>,
+    /// Every object of this store has been sealed since it was created ([`SEALED_STORE_KEY`]
+    /// says so): sizes are arithmetic, and an object without the header is refused.
+    sealed_store: AtomicBool,
 }
 
 /// What a look at an object's header found.
@@ -510,7 +534,33 @@ enum Probe {
 
 impl<S: BlobStore> EncryptedBlobs<S> {
     pub fn new(inner: S, keys: Arc<Keyring>) -> Self {
-        EncryptedBlobs { inner, keys }
+        EncryptedBlobs {
+            inner,
+            keys,
+            sealed_store: AtomicBool::new(false),
+        }
+    }
+
+    fn sealed_store(&self) -> bool {
+        self.sealed_store.load(Ordering::SeqCst)
+    }
+
+    /// Whether the store holds nothing yet but the lease: sealing starts with the store.
+    async fn store_is_new(&self) -> Result<bool, StorageError> {
+        if self.inner.stat(super::INSTANCE_KEY).await?.is_some() {
+            return Ok(false);
+        }
+        for prefix in ["wal/", "backups/"] {
+            if !self.inner.list_dirs(prefix).await?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(self
+            .inner
+            .list("meta/")
+            .await?
+            .iter()
+            .all(|m| m.key == super::lease::LEASE_KEY || m.key == SEALED_STORE_KEY))
     }
 
     /// The wrapped store, which holds the sealed bytes.
@@ -540,6 +590,7 @@ impl<S: BlobStore> EncryptedBlobs<S> {
             .get_range(key, 0..size.min(HEADER_LEN as u64))
             .await?;
         match kind_of(key, &start)? {
+            Kind::Plain if self.sealed_store() => Err(not_sealed(key)),
             Kind::Plain => Ok(Probe::Plain),
             Kind::Sealed(header) => {
                 let plain_len = plain_len(size).ok_or_else(|| {
@@ -555,6 +606,17 @@ impl<S: BlobStore> EncryptedBlobs<S> {
 
     /// The plaintext view of an entry of the inner store; `None` when it vanished meanwhile.
     async fn plain_meta(&self, meta: BlobMeta) -> Result<Option<BlobMeta>, StorageError> {
+        if self.sealed_store() {
+            // Every object is sealed: the size says the plaintext size, nothing is read.
+            let size = plain_len(meta.size).ok_or_else(|| {
+                StorageError::Damaged(format!(
+                    "object {} is {} bytes, which no sealed object can be; nothing of it is \
+                     served",
+                    meta.key, meta.size
+                ))
+            })?;
+            return Ok(Some(BlobMeta { size, ..meta }));
+        }
         match self.probe(&meta.key, meta.size).await {
             Ok(Probe::Plain) => Ok(Some(meta)),
             Ok(Probe::Sealed { plain_len, .. }) => Ok(Some(BlobMeta {
@@ -569,6 +631,9 @@ impl<S: BlobStore> EncryptedBlobs<S> {
     /// Opens a whole small object (`data` as stored).
     fn open_whole(&self, object: &str, data: Bytes) -> Result<Bytes, StorageError> {
         let Kind::Sealed(header) = kind_of(object, &data[..data.len().min(HEADER_LEN)])? else {
+            if self.sealed_store() {
+                return Err(not_sealed(object));
+            }
             return Ok(data);
         };
         let opener = self.opener(object, &header)?;
@@ -612,7 +677,7 @@ impl<S: BlobStore> BlobStore for EncryptedBlobs<S> {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<BlobStream, StorageError>> {
         Box::pin(async move {
             let inner = self.inner.get(key).await?;
-            open_stream(key, self.keys.clone(), inner).await
+            open_stream(key, self.keys.clone(), inner, self.sealed_store()).await
         })
     }
 
@@ -757,6 +822,51 @@ impl<S: BlobStore> BlobStore for EncryptedBlobs<S> {
     fn supports_versions(&self) -> bool {
         self.inner.supports_versions()
     }
+
+    fn move_aside<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        // The sealed bytes as they are: an object that fails authentication moves too.
+        self.inner.move_aside(from, to)
+    }
+
+    /// Settles whether every object is sealed: so when [`SEALED_STORE_KEY`] says so, or when
+    /// the store is new (it is then written). A store that held objects before encryption was
+    /// turned on keeps reading their headers to tell them apart.
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            // Sealed like every other object: only a holder of the key can write it.
+            let marker = match self.read_versioned(SEALED_STORE_KEY).await? {
+                Some(found) => Some(found.data),
+                None if self.store_is_new().await? => {
+                    let data = Bytes::from_static(b"{\"sealed_since_creation\":true}\n");
+                    match self
+                        .put_if(SEALED_STORE_KEY, data.clone(), Precondition::Absent)
+                        .await
+                    {
+                        Ok(_) | Err(StorageError::Precondition(_)) => Some(data),
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => None,
+            };
+            let sealed = marker.is_some_and(|data| {
+                serde_json::from_slice::<serde_json::Value>(&data)
+                    .is_ok_and(|v| v["sealed_since_creation"] == true)
+            });
+            self.sealed_store.store(sealed, Ordering::SeqCst);
+            if !sealed {
+                tracing::info!(
+                    "encryption at rest: this storage holds objects written before encryption \
+                     was turned on; they are read as they are, and listings read each \
+                     object's first bytes to tell them apart"
+                );
+            }
+            Ok(())
+        })
+    }
 }
 
 /// An upload that seals frames as bytes arrive. A full frame is held back until a byte after it
@@ -839,11 +949,13 @@ async fn open_stream(
     object: &str,
     keys: Arc<Keyring>,
     inner: BlobStream,
+    refuse_plain: bool,
 ) -> Result<BlobStream, StorageError> {
     let mut opening = Opening {
         object: object.to_string(),
         keys,
         inner,
+        refuse_plain,
         buf: BytesMut::new(),
         ended: false,
         mode: Mode::Probe,
@@ -860,6 +972,8 @@ struct Opening {
     object: String,
     keys: Arc<Keyring>,
     inner: BlobStream,
+    /// An object without the header is refused (a store sealed since its creation).
+    refuse_plain: bool,
     /// Bytes received and not yet handed on: the header while probing, then at most one sealed
     /// frame beyond the one being opened.
     buf: BytesMut,
@@ -897,6 +1011,14 @@ impl Opening {
 
     /// Reads as much of the start as it takes to tell a sealed object from a plaintext one.
     async fn decide(&mut self) -> Result<(), StorageError> {
+        self.probe_header().await?;
+        if matches!(self.mode, Mode::Plain) && self.refuse_plain {
+            return Err(not_sealed(&self.object));
+        }
+        Ok(())
+    }
+
+    async fn probe_header(&mut self) -> Result<(), StorageError> {
         while matches!(self.mode, Mode::Probe) {
             let n = self.buf.len();
             let could_be_sealed = self.buf[..n.min(MAGIC.len())] == MAGIC[..n.min(MAGIC.len())];
@@ -1420,9 +1542,10 @@ mod tests {
                     continue;
                 }
                 for (what, stored) in [("sealed", &sealed[..]), ("plain", plain)] {
-                    let stream = open_stream("o", keys.clone(), strict_stream(stored, piece))
-                        .await
-                        .expect("open");
+                    let stream =
+                        open_stream("o", keys.clone(), strict_stream(stored, piece), false)
+                            .await
+                            .expect("open");
                     let got: Vec<Bytes> = stream.try_collect().await.expect("read");
                     assert_eq!(
                         got.concat(),
@@ -1433,6 +1556,96 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_store_sealed_since_its_creation_refuses_plaintext_and_lists_by_arithmetic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = sealed(dir.path(), keys(KEY_A, &[]));
+        blobs.prepare().await.expect("prepare");
+        assert!(blobs.sealed_store());
+        let marker = blobs
+            .inner()
+            .read_versioned(SEALED_STORE_KEY)
+            .await
+            .expect("read")
+            .expect("written");
+        assert!(marker.data.starts_with(MAGIC), "the marker is sealed too");
+        let want = data(FRAME_LEN + 9);
+        put(&blobs, "wal/a", &want, 4096).await;
+
+        // Sizes without reading a byte of the objects: a sealed object whose header was
+        // overwritten still lists its plaintext size (its reads report the damage).
+        tamper(blobs.inner(), "wal/a", |b| b[0] ^= 0xFF).await;
+        let listed = blobs.list("wal/").await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].size, want.len() as u64);
+        assert!(get(&blobs, "wal/a").await.is_err());
+
+        // An object without the header, written underneath: refused, never served.
+        put(
+            blobs.inner(),
+            "wal/planted",
+            b"plain bytes of somebody else",
+            100,
+        )
+        .await;
+        for result in [
+            get(&blobs, "wal/planted").await.map(|_| ()),
+            blobs.get_range("wal/planted", 0..4).await.map(|_| ()),
+        ] {
+            match result {
+                Err(StorageError::Damaged(why)) => assert!(why.contains("not sealed"), "{why}"),
+                other => panic!("a plaintext object was not refused: {other:?}"),
+            }
+        }
+        blobs
+            .inner()
+            .replace("meta/planted", Bytes::from_static(b"{}"))
+            .await
+            .expect("replace");
+        assert!(matches!(
+            blobs.read_versioned("meta/planted").await,
+            Err(StorageError::Damaged(_))
+        ));
+
+        // The next start finds the marker.
+        let again = sealed(dir.path(), keys(KEY_A, &[]));
+        again.prepare().await.expect("prepare");
+        assert!(again.sealed_store());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_held_objects_before_encryption_keeps_reading_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = ObjectStoreBlobs::local(dir.path()).expect("store");
+        plain
+            .replace(super::super::INSTANCE_KEY, Bytes::from_static(b"{}"))
+            .await
+            .expect("identity");
+        put(&plain, "wal/old", b"written in the clear", 100).await;
+        let blobs = sealed(dir.path(), keys(KEY_A, &[]));
+        blobs.prepare().await.expect("prepare");
+        assert!(!blobs.sealed_store());
+        assert!(blobs
+            .inner()
+            .read_versioned(SEALED_STORE_KEY)
+            .await
+            .expect("read")
+            .is_none());
+        assert_eq!(
+            get(&blobs, "wal/old").await.expect("get"),
+            b"written in the clear"
+        );
+        put(&blobs, "wal/new", b"sealed", 100).await;
+        let sizes: Vec<u64> = blobs
+            .list("wal/")
+            .await
+            .expect("list")
+            .iter()
+            .map(|m| m.size)
+            .collect();
+        assert_eq!(sizes, vec![6, 20]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,19 @@ impl<S: BlobStore> BlobStore for FaultyBlobs<S> {
     fn supports_versions(&self) -> bool {
         self.inner.supports_versions()
     }
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.prepare()
+    }
+    fn move_aside<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.plan.read(from)?;
+            self.inner.move_aside(from, to).await
+        })
+    }
 }
 
 struct FaultyUpload {

@@ -85,6 +85,9 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn BlobSto
     )))
 }
 
+/// The archive's identity, the first object a server writes to a new store.
+pub const INSTANCE_KEY: &str = "meta/instance";
+
 /// Prefix of in-flight uploads; anything under it at start is debris of a crash.
 pub const STAGING_PREFIX: &str = "staging";
 /// Part size for streamed uploads: memory per upload is bounded by this (S3's minimum is 5 MiB).
@@ -227,6 +230,37 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Whether [`BlobStore::put_if`] can compare versions (S3: yes; local files: no, the data
     /// directory's lock keeps a second server out instead).
     fn supports_versions(&self) -> bool;
+    /// Moves the object `from` to `to` exactly as stored, without opening or checking it (a
+    /// damaged object is moved as it is): a copy, then the removal of `from`. A copy already
+    /// at `to` from an earlier move of the same object is kept.
+    fn move_aside<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            use futures::StreamExt;
+            let mut stream = self.get(from).await?;
+            let mut up = self.begin_put(to).await?;
+            while let Some(chunk) = stream.next().await {
+                let written = match chunk {
+                    Ok(c) => up.write(&c).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
+                    up.abort().await;
+                    return Err(e);
+                }
+            }
+            up.commit().await?;
+            self.delete(from).await
+        })
+    }
+    /// Called once at start, after the lease is taken and before anything else is read or
+    /// written: a wrapper settles what it needs to know about the store.
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// An upload in progress: bytes are written in order, then committed or aborted.

@@ -120,7 +120,7 @@ pub struct Archive {
 }
 
 /// Where the archive's identity is stored.
-pub const INSTANCE_KEY: &str = "meta/instance";
+pub const INSTANCE_KEY: &str = crate::storage::INSTANCE_KEY;
 
 /// The identity of the archive whose storage this is: read from [`INSTANCE_KEY`], or created
 /// there (128 random bits, in hex) when storage has none, never overwritten. A server on new
@@ -903,23 +903,11 @@ impl Archive {
     /// Moves an object out of the archive's namespace to `quarantine/<key>` for a person to
     /// inspect. Copy first, then delete: the bytes are never only in flight.
     pub async fn quarantine(&self, key: &str) -> Result<(), ArchiveError> {
-        let storage = ArchiveError::from_storage;
-        let dest = format!("quarantine/{key}");
-        let mut stream = self.blobs.get(key).await.map_err(storage)?;
-        let mut up = self.blobs.begin_put(&dest).await.map_err(storage)?;
-        while let Some(chunk) = stream.next().await {
-            let written = match chunk {
-                Ok(c) => up.write(&c).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                up.abort().await;
-                return Err(storage(e));
-            }
-        }
-        // An earlier quarantine of the same key may exist: either way the copy is safe to drop.
-        up.commit().await.map_err(storage)?;
-        self.blobs.delete(key).await.map_err(storage)
+        // As stored: a sealed object that fails authentication is moved all the same.
+        self.blobs
+            .move_aside(key, &format!("quarantine/{key}"))
+            .await
+            .map_err(ArchiveError::from_storage)
     }
 
     /// Whether a second `.partial` of a stored name holds the same WAL (DESIGN §7.8): PostgreSQL

@@ -20,6 +20,7 @@ use pgwal::page::{Expectations, SegmentValidator};
 use pgwal::segment::SegmentSize;
 
 use crate::catalog::{now_rfc3339, Binding, WalRow};
+use crate::storage::StorageError;
 use crate::wal::archive::{kind_str, parse_object_key, Archive, ArchiveError, SCRATCH_PREFIX};
 use crate::wal::object_format::{Decompressor, Trailer, TRAILER_LEN};
 
@@ -175,6 +176,15 @@ async fn index_with_retries(
     }
 }
 
+/// A read of an object that failed: damaged when its sealed bytes fail authentication (as a
+/// failed checksum), otherwise perhaps a passing failure of storage.
+fn unreadable(e: StorageError) -> Unindexed {
+    match e {
+        StorageError::Damaged(why) => Unindexed::Corrupt(why),
+        other => Unindexed::Transient(other.to_string()),
+    }
+}
+
 /// Verifies an uncatalogued object fully and adds its row. Errors say why it is not acceptable.
 async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Unindexed> {
     use Unindexed::{Corrupt, Transient};
@@ -188,7 +198,7 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Uni
         .blobs
         .get_range(key, size - TRAILER_LEN as u64..size)
         .await
-        .map_err(|e| transient(&e))?;
+        .map_err(unreadable)?;
     let trailer = Trailer::decode(&tail).ok_or_else(|| Corrupt("no valid trailer".into()))?;
 
     let cluster_row = archive
@@ -210,13 +220,13 @@ async fn index_object(archive: &Archive, key: &str, size: u64) -> Result<(), Uni
         _ => None,
     };
     let mut small = Vec::new();
-    let mut stream = archive.blobs.get(key).await.map_err(|e| transient(&e))?;
+    let mut stream = archive.blobs.get(key).await.map_err(unreadable)?;
     let mut dec = Decompressor::new().map_err(|e| transient(&e))?;
     let mut hasher = Sha256::new();
     let mut xxh3 = pgwal::checksum::Xxh3::new();
     let mut plain_size = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| transient(&e))?;
+        let chunk = chunk.map_err(unreadable)?;
         dec.write(&chunk, |plain| {
             plain_size += plain.len() as u64;
             hasher.update(plain);
