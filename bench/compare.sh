@@ -38,6 +38,11 @@
 #    server's peak memory (VmHWM) with 32 concurrent `wal-archive push` processes of distinct
 #    segments, after a server restart so the peak is theirs.
 #
+# With S3=1 (bench/s3.sh): a second server stores in an S3-compatible bucket (SeaweedFS on
+# loopback, /opt/seaweedfs/bin/weed as .ci/run installs it), and "wal-archive-s3" drains and
+# catches up beside "wal-archive" (local storage) in every round; the report adds the ratios
+# S3 / local. PEERS=0 leaves cp, true and pgBackRest out of the drains (the catch-up floor stays).
+#
 # A quick check of the script itself: ROUNDS=1 SCALE=1 TARGET_SEGMENTS=8 LIVE_DURATION=5.
 #
 # Prints the medians over the rounds, segments/s and ratios (drain: to cp, and wal-archive's
@@ -66,6 +71,9 @@ LIVE_DURATION=${LIVE_DURATION:-30}
 LIVE_SCALE=${LIVE_SCALE:-10}
 RTT_MS=${RTT_MS:-5}                       # added round trip for the second wal-archive catch-up
 PROXY_PORT=${PROXY_PORT:-18498}
+S3=${S3:-0}                               # 1: also a server on S3-compatible storage
+PEERS=${PEERS:-1}                         # 0: no cp, true and pgBackRest contenders
+S3_SRV_PORT=${S3_SRV_PORT:-18496}
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 own_pg() { if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$@"; fi; }
@@ -80,18 +88,21 @@ if ! cargo build --release --bins --quiet; then
     "(wal-archive $(date -r target/release/wal-archive '+%F %T'), wal-archive-server $(date -r target/release/wal-archive-server '+%F %T'))" >&2
 fi
 
-if ! command -v pgbackrest >/dev/null; then
+if [ "$PEERS" = 1 ] && ! command -v pgbackrest >/dev/null; then
   echo "bench: installing pgbackrest" >&2
   if [ "$(id -u)" -ne 0 ]; then echo "bench: pgbackrest missing and not root to apt-get it" >&2; exit 1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest >/dev/null 2>&1 ||
     { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest >/dev/null; }
 fi
-PGBACKREST=$(command -v pgbackrest)
+PGBACKREST=$(command -v pgbackrest || echo pgbackrest)
+if [ "$PEERS" = 0 ] && [ "$LIVE" = 1 ]; then echo "bench: LIVE=1 needs PEERS=1" >&2; exit 2; fi
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d /tmp/wal-archive-compare.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
+S3_SERVER_PID=""
+WEED_PID=""
 PROXY_PID=""
 PUSHER_PIDS=""
 cleanup() {
@@ -108,6 +119,9 @@ cleanup() {
     [ -n "$p" ] && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q pgbackrest && kill "$p" 2>/dev/null || true
   done
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$S3_SERVER_PID" ] && kill "$S3_SERVER_PID" 2>/dev/null || true
+  # SeaweedFS takes over 10 s to stop on SIGTERM; its data is thrown away anyway.
+  [ -n "$WEED_PID" ] && { kill -9 "$WEED_PID" 2>/dev/null; wait "$WEED_PID" 2>/dev/null; } || true
   [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -253,6 +267,36 @@ stop_server() { # SIGTERM, wait up to 30 s, then SIGKILL
   SERVER_PID=""
 }
 start_server
+CPU_PIDS="$SERVER_PID"
+
+# --- S3=1: SeaweedFS on loopback and a second server storing in its bucket ----------------------
+URL_S3=""
+if [ "$S3" = 1 ]; then
+  . bench/lib/seaweed.sh
+  start_weed "$WORK/weed" "$WORK/logs/weed.log" || die "SeaweedFS did not start" "$WORK/logs/weed.log"
+  WS=$WEED_S3_PORT
+  cat > "$WORK/server-s3.toml" <<CONF
+[storage]
+kind = "s3"
+bucket = "bench"
+endpoint = "http://127.0.0.1:$WS"
+region = "us-east-1"
+prefix = "bench"
+CONF
+  AWS_ACCESS_KEY_ID=$WEED_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$WEED_SECRET_KEY "$WORK/bin/wal-archive-server" \
+    --config "$WORK/server-s3.toml" --data-dir "$WORK/server-s3" --listen "127.0.0.1:$S3_SRV_PORT" \
+    >>"$WORK/server-s3.log" 2>&1 &
+  S3_SERVER_PID=$!
+  URL_S3="http://127.0.0.1:$S3_SRV_PORT"
+  # The first start waits for SeaweedFS to allocate a volume.
+  deadline=$(( $(date +%s) + 90 ))
+  until curl -fs "$URL_S3/healthz" >/dev/null 2>&1; do
+    kill -0 "$S3_SERVER_PID" 2>/dev/null || die "the S3 wal-archive-server exited at start" "$WORK/server-s3.log"
+    [ "$(date +%s)" -lt "$deadline" ] || die "the S3 wal-archive-server not answering /healthz after 90 s" "$WORK/server-s3.log"
+    sleep 0.1
+  done
+  echo "bench: SeaweedFS $("$WEED" version 2>/dev/null | head -n 1 | awk '{print $3}') on 127.0.0.1:$WS; S3 server on $URL_S3" >&2
+fi
 PROXY_URL=""
 if awk -v r="$RTT_MS" 'BEGIN {exit !(r > 0)}'; then
   python3 bench/delay_proxy.py "$PROXY_PORT" "$SRV_PORT" "$RTT_MS" > "$WORK/proxy.out" 2>"$WORK/logs/proxy.log" &
@@ -348,7 +392,12 @@ catchup() { # name restore_command [floor]: prints seconds
 
 # CPU accounting beside the timings: the server's CPU seconds (utime + stime) and how busy the
 # machine was (all CPUs, /proc/stat) between two snapshots.
-server_cpu() { awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$SERVER_PID/stat"; }
+# CPU_PIDS: the processes that serve the contender (the server; with S3, SeaweedFS too).
+server_cpu() {
+  local p t=0
+  for p in $CPU_PIDS; do t=$(awk -v t="$t" '{printf "%.2f\n", t + ($14 + $15) / 100}' "/proc/$p/stat"); done
+  echo "$t"
+}
 cpu_note() { # file server_cpu_before stat_before: appends "server_cpu_s busy_percent"
   local c1 s1; c1=$(server_cpu); s1=$(head -n 1 /proc/stat)
   awk -v c0="$2" -v c1="$c1" -v a="$3" -v b="$s1" 'BEGIN {
@@ -373,6 +422,14 @@ for r in $(seq 1 "$ROUNDS"); do
 
   DRAIN[wal-archive]+="$(drain wal-archive "$PUSH_CMD") "
   echo "bench: round $r drain wal-archive $(last "${DRAIN[wal-archive]}") s" >&2
+  if [ "$S3" = 1 ]; then
+    mkdir -p "$SPOOL-s3"; own_pg "$SPOOL-s3"
+    CPU_PIDS="$S3_SERVER_PID $WEED_PID"
+    DRAIN[wal-archive-s3]+="$(drain wal-archive-s3 "$WA --url $URL_S3 push --cluster bench$r$PUSH_OPTS$([ "$HAS_SPOOL" = 1 ] && echo " --spool-dir $SPOOL-s3") %p") "
+    CPU_PIDS="$SERVER_PID"
+    echo "bench: round $r drain wal-archive-s3 $(last "${DRAIN[wal-archive-s3]}") s" >&2
+  fi
+  if [ "$PEERS" = 1 ]; then
   DRAIN[cp]+="$(drain cp "cp %p $CPDIR/%f") "
   echo "bench: round $r drain cp $(last "${DRAIN[cp]}") s" >&2
   DRAIN[true]+="$(drain true "true") "
@@ -383,6 +440,7 @@ for r in $(seq 1 "$ROUNDS"); do
     STORED[cp]=$(du -sb "$CPDIR" | cut -f1)
     STORED[pgbackrest]=$(du -sb "$WORK/pgbr/repo1/archive" | cut -f1)
   fi
+  fi
 
   pgbr_conf "$WORK/pgbr/get$r.conf" "$WORK/sb-pgbackrest" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-get$r"
   FSPOOL="$WORK/wa-fetch-spool$r"; mkdir -p "$FSPOOL" "$FSPOOL-rtt"; own_pg "$FSPOOL" "$FSPOOL-rtt"
@@ -392,14 +450,23 @@ for r in $(seq 1 "$ROUNDS"); do
     CATCH[wal-archive-rtt]+="$(catchup wal-archive-rtt "$WA --url $PROXY_URL fetch --cluster bench$r$FETCH_OPTS$([ "$HAS_FETCH_SPOOL" = 1 ] && echo " --spool-dir $FSPOOL-rtt") %f %p") "
     echo "bench: round $r catch-up wal-archive +${RTT_MS}ms RTT $(last "${CATCH[wal-archive-rtt]}") s" >&2
   fi
+  if [ "$S3" = 1 ]; then
+    mkdir -p "$FSPOOL-s3"; own_pg "$FSPOOL-s3"
+    CPU_PIDS="$S3_SERVER_PID $WEED_PID"
+    CATCH[wal-archive-s3]+="$(catchup wal-archive-s3 "$WA --url $URL_S3 fetch --cluster bench$r$FETCH_OPTS$([ "$HAS_FETCH_SPOOL" = 1 ] && echo " --spool-dir $FSPOOL-s3") %f %p") "
+    CPU_PIDS="$SERVER_PID"
+    echo "bench: round $r catch-up wal-archive-s3 $(last "${CATCH[wal-archive-s3]}") s" >&2
+  fi
+  if [ "$PEERS" = 1 ]; then
   CATCH[cp]+="$(catchup cp "cp $CPDIR/%f %p") "
   echo "bench: round $r catch-up cp $(last "${CATCH[cp]}") s" >&2
   CATCH[pgbackrest]+="$(catchup pgbackrest "$PGBACKREST --config=$WORK/pgbr/get$r.conf --stanza=bench archive-get %f \"%p\"") "
   echo "bench: round $r catch-up pgbackrest $(last "${CATCH[pgbackrest]}") s" >&2
+  fi
   CATCH[floor]+="$(catchup floor "false" floor) "
   echo "bench: round $r catch-up floor $(last "${CATCH[floor]}") s" >&2
 
-  rm -rf "$CPDIR" "$SPOOL" "$FSPOOL" "$FSPOOL-rtt" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-push$r" "$WORK/pgbr/spool-get$r"
+  rm -rf "$CPDIR" "$SPOOL" "$SPOOL-s3" "$FSPOOL" "$FSPOOL-rtt" "$FSPOOL-s3" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-push$r" "$WORK/pgbr/spool-get$r"
 done
 
 # --- 3. live: archiving on while pgbench writes at full speed (LIVE=0 to skip) ----------------
@@ -519,47 +586,63 @@ fi
 echo
 echo "== template: $NSEG segments of $((SEGSIZE >> 20)) MiB ($((WALBYTES >> 20)) MiB of WAL), pgbench scale $SCALE + random bytes; rounds $ROUNDS; $(nproc) CPUs"
 echo "   wal-archive: $PUSH_DESC; $FETCH_DESC"
-echo "   pgBackRest $("$PGBACKREST" version | awk '{print $2}'): archive-async=y process-max=2 compress-type=zst"
+[ "$PEERS" = 1 ] && echo "   pgBackRest $("$PGBACKREST" version | awk '{print $2}'): archive-async=y process-max=2 compress-type=zst"
+[ "$S3" = 1 ] && echo "   wal-archive-s3: the same, the server storing in a SeaweedFS bucket on loopback"
+DRAINERS="wal-archive"; [ "$S3" = 1 ] && DRAINERS+=" wal-archive-s3"; [ "$PEERS" = 1 ] && DRAINERS+=" cp true pgbackrest"
 echo
 echo "== archive drain (reload with archive_command set -> last_archived_wal = $LAST)"
-CP=$(med "${DRAIN[cp]}")
-printf '%-14s %10s %12s %10s %14s\n' contender "median s" "segments/s" "MB/s" "vs cp (time)"
-for c in wal-archive cp true pgbackrest; do
+CP=$([ "$PEERS" = 1 ] && med "${DRAIN[cp]}" || med "${DRAIN[wal-archive]}")
+printf '%-14s %10s %12s %10s %14s\n' contender "median s" "segments/s" "MB/s" "$([ "$PEERS" = 1 ] && echo "vs cp (time)" || echo "vs local")"
+for c in $DRAINERS; do
   awk -v c="$c" -v m="$(med "${DRAIN[$c]}")" -v n="$NSEG" -v b="$WALBYTES" -v cp="$CP" \
     'BEGIN {printf "%-14s %10.2f %12.1f %10.1f %13.2fx\n", c, m, n / m, b / m / 1e6, m / cp}'
 done
+if [ "$PEERS" = 1 ]; then
 awk -v w="$(med "${DRAIN[wal-archive]}")" -v p="$(med "${DRAIN[pgbackrest]}")" \
   'BEGIN {s = p / w; printf "wal-archive speedup over pgBackRest async: %.2fx (target >= 1.50x: %s)\n", s, (s >= 1.5 ? "met" : "NOT met")}'
-for c in wal-archive cp true pgbackrest; do printf '  %s [%s]' "$c" "${DRAIN[$c]% }"; done; echo "  (per-round s)"
+fi
+if [ "$S3" = 1 ]; then
+awk -v s="$(med "${DRAIN[wal-archive-s3]}")" -v l="$(med "${DRAIN[wal-archive]}")" \
+  'BEGIN {r = s / l; printf "wal-archive drain, S3 storage vs local: %.2fx the time (target <= 1.30x: %s)\n", r, (r <= 1.3 ? "met" : "NOT met")}'
+fi
+for c in $DRAINERS; do printf '  %s [%s]' "$c" "${DRAIN[$c]% }"; done; echo "  (per-round s)"
 cpu_line() { # file: "server CPU <median> s, machine <median>% busy"
   [ -f "$1" ] || { echo "n/a"; return; }
   echo "server CPU $(cut -d' ' -f1 "$1" | median) s, machine $(cut -d' ' -f2 "$1" | median)% busy"
 }
-for c in wal-archive cp pgbackrest; do printf '  during the %s drain: %s\n' "$c" "$(cpu_line "$WORK/cpu-drain-$c.txt")"; done
+for c in $DRAINERS; do [ "$c" = true ] || printf '  during the %s drain: %s\n' "$c" "$(cpu_line "$WORK/cpu-drain-$c.txt")"; done
 WA_STORED=$(curl -fs "$URL/v1/clusters/bench1/wal" | python3 -c '
 import json, sys
 print(sum(f["stored_size"] for f in json.load(sys.stdin)["files"]))' 2>/dev/null || echo "")
-printf 'stored (round 1): cp %s MiB, pgBackRest %s MiB, wal-archive %s MiB\n' \
+[ "$PEERS" = 1 ] && printf 'stored (round 1): cp %s MiB, pgBackRest %s MiB, wal-archive %s MiB\n' \
   "$((STORED[cp] >> 20))" "$((STORED[pgbackrest] >> 20))" "$([ -n "$WA_STORED" ] && echo $((WA_STORED >> 20)) || echo '?')"
 
 echo
 echo "== standby catch-up (start -> pg_last_wal_replay_lsn() >= $END_LSN), restore_command only"
 FL=$(med "${CATCH[floor]}")
 printf '%-14s %10s %12s %10s %14s\n' contender "median s" "segments/s" "MB/s" "vs floor"
-CATCHERS="wal-archive cp pgbackrest floor"
-[ -n "$PROXY_URL" ] && CATCHERS="wal-archive wal-archive-rtt cp pgbackrest floor"
+CATCHERS="wal-archive"
+[ -n "$PROXY_URL" ] && CATCHERS+=" wal-archive-rtt"
+[ "$S3" = 1 ] && CATCHERS+=" wal-archive-s3"
+[ "$PEERS" = 1 ] && CATCHERS+=" cp pgbackrest"
+CATCHERS+=" floor"
 for c in $CATCHERS; do
   awk -v c="$([ "$c" = wal-archive-rtt ] && echo "wa +${RTT_MS}ms RTT" || echo "$c")" -v m="$(med "${CATCH[$c]}")" -v n="$NSEG" -v b="$WALBYTES" -v f="$FL" \
     'BEGIN {printf "%-14s %10.2f %12.1f %10.1f %13.2fx\n", c, m, n / m, b / m / 1e6, m / f}'
 done
 awk -v w="$(med "${CATCH[wal-archive]}")" -v f="$FL" \
   'BEGIN {s = w / f; printf "wal-archive catch-up vs floor: %.3fx (target <= 1.03x: %s)\n", s, (s <= 1.03 ? "met" : "NOT met")}'
+if [ "$S3" = 1 ]; then
+awk -v s="$(med "${CATCH[wal-archive-s3]}")" -v l="$(med "${CATCH[wal-archive]}")" \
+  'BEGIN {r = s / l; printf "wal-archive catch-up, S3 storage vs local: %.2fx the time (target <= 1.30x: %s)\n", r, (r <= 1.3 ? "met" : "NOT met")}'
+fi
 if [ -n "$PROXY_URL" ]; then
   awk -v w="$(med "${CATCH[wal-archive-rtt]}")" -v f="$FL" -v r="$RTT_MS" \
     'BEGIN {printf "wal-archive catch-up with %s ms added RTT (user-space delay proxy; no netem here) vs floor: %.3fx\n", r, w / f}'
 fi
 for c in $CATCHERS; do printf '  %s [%s]' "$c" "${CATCH[$c]% }"; done; echo "  (per-round s)"
 for c in $CATCHERS; do printf '  during the %s catch-up: %s\n' "$c" "$(cpu_line "$WORK/cpu-catchup-$c.txt")"; done
+[ "$S3" = 1 ] && echo "  (the S3 contender's CPU is its server's and SeaweedFS's together)"
 
 echo
 if [ "$EXTRAS" = 1 ]; then

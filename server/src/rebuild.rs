@@ -34,8 +34,9 @@ pub struct RebuildReport {
     pub skipped: Vec<String>,
 }
 
-/// Trailers read at once: a listing's worth of objects costs a few round trips, not one each.
-const PARALLEL_READS: usize = 16;
+/// Trailers read at once (one small range read each, the size coming from the listing): a
+/// bucket's latency is paid once per this many objects.
+const PARALLEL_READS: usize = 32;
 
 /// Whether storage holds an archive (anything but its identity and lease).
 pub async fn storage_has_archive(archive: &Archive) -> Result<bool, ArchiveError> {
@@ -201,7 +202,7 @@ async fn wal_row(archive: &Archive, obj: BlobMeta) -> Result<WalRow, String> {
     let (cluster, name) =
         parse_object_key(&obj.key).ok_or_else(|| format!("{}: not a WAL object key", obj.key))?;
     let (trailer, size) = archive
-        .read_trailer(&obj.key)
+        .read_trailer_at(&obj.key, obj.size)
         .await
         .map_err(|e| format!("{}: {e}", obj.key))?;
     Ok(WalRow {

@@ -850,6 +850,15 @@ impl Archive {
             .await
             .map_err(ArchiveError::from_storage)?
             .ok_or_else(|| ArchiveError::MissingObject(format!("object {key} is missing")))?;
+        self.read_trailer_at(key, size).await
+    }
+
+    /// [`Archive::read_trailer`] of an object whose size a listing gave: one read.
+    pub(crate) async fn read_trailer_at(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> Result<(Trailer, u64), ArchiveError> {
         if size < TRAILER_LEN as u64 {
             return Err(ArchiveError::Corrupt(format!(
                 "object {key} is {size} bytes, too short to be a stored WAL file"
