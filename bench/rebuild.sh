@@ -122,7 +122,7 @@ stop_server
 # --- up to WAL_FILES WAL objects ----------------------------------------------------------------
 echo "bench: filling the archive up to $WAL_FILES WAL files" >&2
 python3 - "$WORK/local/storage" "$WAL_FILES" <<'PY'
-import os, sys
+import errno, os, shutil, sys
 root, want = sys.argv[1], int(sys.argv[2])
 wal = os.path.join(root, "wal", "main")
 have = [os.path.join(d, f) for d, _, fs in os.walk(wal) for f in fs if len(f) == 28 and f.endswith(".zst")]
@@ -133,7 +133,14 @@ for _ in range(max(0, want - len(have))):
     name = "%08X%08X%08X" % (1, segno // per_log, segno % per_log)
     d = os.path.join(wal, name[:16])
     os.makedirs(d, exist_ok=True)
-    os.link(source, os.path.join(d, name + ".zst"))
+    target = os.path.join(d, name + ".zst")
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno != errno.EMLINK:  # a file system's link limit (65,000 on ext4): a new source
+            raise
+        shutil.copyfile(source, target)
+        source = target
     segno += 1
 PY
 NOBJ=$(find "$WORK/local/storage/wal" -type f | wc -l)
@@ -150,7 +157,8 @@ stop_server
 . bench/lib/seaweed.sh
 start_weed "$WORK/weed" "$WORK/logs/weed.log" || die "SeaweedFS did not start" "$WORK/logs/weed.log"
 echo "bench: copying the storage into a SeaweedFS bucket (weed filer.copy)" >&2
-cp -al "$WORK/local/storage" "$WORK/rebuild"
+# The bucket prefix is the directory's name; the local server is done with its storage.
+mv "$WORK/local/storage" "$WORK/rebuild"
 "$WEED" filer.copy -c 16 "$WORK/rebuild" "http://127.0.0.1:$WEED_FILER_PORT/buckets/bench/" \
   >"$WORK/logs/filer-copy.log" 2>&1 || die "weed filer.copy failed" "$WORK/logs/filer-copy.log"
 cat > "$WORK/s3.toml" <<CONF

@@ -228,9 +228,14 @@ pub struct RestoreArgs {
     pub cluster: String,
     /// Backup id, or `latest` (the newest done backup).
     pub backup: String,
-    /// The data directory to create: it must not exist or be empty.
+    /// The data directory to create: it must not exist or be empty (see --delta).
     #[arg(long)]
     pub target_dir: PathBuf,
+    /// Restore into an existing, stopped data directory of the same cluster (an old primary
+    /// after a failover): files with the backup's content are kept, others rewritten, files
+    /// the backup does not have removed.
+    #[arg(long)]
+    pub delta: bool,
     /// Restore tablespace NAME (its name or OID) into DIR instead of its original location;
     /// DIR must not exist or be empty. Repeat for each tablespace to move.
     #[arg(long = "tablespace", value_name = "NAME=DIR")]

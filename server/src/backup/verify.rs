@@ -1,5 +1,6 @@
 //! Verifying a backup: every stored file re-read and re-hashed (decompress + SHA-256), compared
-//! with the catalog and with PostgreSQL's own `backup_manifest` checksums; and the WAL it needs,
+//! with the catalog and with PostgreSQL's own `backup_manifest` checksums (CRC-32C, which base
+//! backups ask for, or SHA-256 in older backups); and the WAL it needs,
 //! from its begin to its end LSN, present in the archive. Gaps in the WAL after the backup's end
 //! (up to the newest archived segment of its timeline) are reported apart: they do not prevent
 //! restoring to the backup's end, only replaying past them.
@@ -8,20 +9,30 @@ use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
 use pgwal::api::VerifyReport;
+use pgwal::checksum::Crc32c;
 use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 
 use super::catalog::{self, BackupRow};
 use super::engine::wal_range;
 use super::BackupError;
-use crate::wal::archive::{Archive, ArchiveError};
+use crate::wal::archive::{Archive, ArchiveError, ContentSums};
 use crate::wal::object_format::Decompressor;
 
 /// The manifest's view of one file.
 struct ManifestEntry {
     size: u64,
-    /// Lowercase hex SHA-256 when the manifest has SHA256 checksums.
-    sha256: Option<String>,
+    checksum: ManifestChecksum,
+}
+
+/// A file's `"Checksum-Algorithm"` and `"Checksum"` in the manifest.
+enum ManifestChecksum {
+    /// Lowercase hex.
+    Sha256(String),
+    /// As PostgreSQL writes it: the CRC's bytes in the primary's byte order, hex.
+    Crc32c(String),
+    /// `MANIFEST_CHECKSUMS 'none'`, or an algorithm not re-computed here (SHA224, SHA384, ...).
+    Unchecked,
 }
 
 pub async fn verify(
@@ -68,7 +79,8 @@ pub async fn verify(
         }
     };
     report_progress(0, "re-hashing the backup's files");
-    let mut checked: HashMap<String, Result<(), String>> = HashMap::new();
+    // Content SHA-256 -> its CRC-32C, or why the stored object is not what it should be.
+    let mut checked: HashMap<String, Result<Crc32c, String>> = HashMap::new();
     for f in files.iter().filter(|f| f.kind == "file") {
         let where_ = display_path(f.tablespace_oid, &f.path);
         let Some(sha) = f.sha256.as_deref() else {
@@ -93,7 +105,7 @@ pub async fn verify(
     // 2. The manifest, against the catalog.
     match (&row.manifest_key, &row.manifest_sha256) {
         (Some(key), Some(sha)) => match read_manifest(archive, key, sha).await {
-            Ok(manifest) => compare_manifest(&manifest, &files, &mut report.problems),
+            Ok(manifest) => compare_manifest(&manifest, &files, &checked, &mut report.problems),
             Err(why) => report.problems.push(format!("backup_manifest: {why}")),
         },
         _ if info.status == "done" => report
@@ -115,17 +127,30 @@ fn display_path(tablespace: Option<u32>, path: &str) -> String {
     }
 }
 
-async fn check_blob(archive: &Archive, cluster: &str, sha: &str, size: u64) -> Result<(), String> {
+/// Re-hashes a stored file's object; its CRC-32C when it is intact.
+async fn check_blob(
+    archive: &Archive,
+    cluster: &str,
+    sha: &str,
+    size: u64,
+) -> Result<Crc32c, String> {
     let blob = catalog::blob(&archive.catalog, cluster, sha)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no stored object is cataloged for content {sha}"))?;
-    match archive.hash_object(&blob.object_key).await {
-        Ok((got, got_size)) if got == sha && got_size == size => Ok(()),
-        Ok((got, got_size)) => Err(format!(
-            "stored object {} is damaged: expected SHA-256 {sha} ({size} bytes), read {got} \
-             ({got_size} bytes)",
-            blob.object_key
+    match archive.content_sums(&blob.object_key).await {
+        Ok(ContentSums {
+            sha256: Some(got),
+            crc32c: Some(crc),
+            size: got_size,
+            ..
+        }) if got == sha && got_size == size => Ok(crc),
+        Ok(sums) => Err(format!(
+            "stored object {} is damaged: expected SHA-256 {sha} ({size} bytes), read {} \
+             ({} bytes)",
+            blob.object_key,
+            sums.sha256.unwrap_or_default(),
+            sums.size
         )),
         Err(ArchiveError::MissingObject(_)) => Err(format!(
             "stored object {} is missing from storage",
@@ -210,20 +235,28 @@ fn manifest_line(line: &[u8], entries: &mut HashMap<String, ManifestEntry>) -> R
         .get("Size")
         .and_then(|s| s.as_u64())
         .ok_or_else(|| format!("entry {path} has no size"))?;
-    let sha256 = match v.get("Checksum-Algorithm").and_then(|a| a.as_str()) {
-        Some("SHA256") => v
-            .get("Checksum")
+    let value = || {
+        v.get("Checksum")
             .and_then(|c| c.as_str())
-            .map(str::to_ascii_lowercase),
-        _ => None,
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| format!("entry {path} has a Checksum-Algorithm but no Checksum"))
     };
-    entries.insert(path, ManifestEntry { size, sha256 });
+    let checksum = match v.get("Checksum-Algorithm").and_then(|a| a.as_str()) {
+        Some(a) if a.eq_ignore_ascii_case("SHA256") => ManifestChecksum::Sha256(value()?),
+        Some(a) if a.eq_ignore_ascii_case("CRC32C") => ManifestChecksum::Crc32c(value()?),
+        _ => ManifestChecksum::Unchecked,
+    };
+    entries.insert(path, ManifestEntry { size, checksum });
     Ok(())
 }
 
+/// The catalog's file list against the manifest: the same paths and sizes, and each file's
+/// stored content matching the manifest's checksum (`crcs`: the CRC-32C of each intact stored
+/// content, by SHA-256; a damaged one is already reported).
 fn compare_manifest(
     manifest: &HashMap<String, ManifestEntry>,
     files: &[pgwal::api::BackupFile],
+    crcs: &HashMap<String, Result<Crc32c, String>>,
     problems: &mut Vec<String>,
 ) {
     let mut seen = HashSet::new();
@@ -238,13 +271,18 @@ fn compare_manifest(
                         f.size, m.size
                     ));
                 }
-                match (&m.sha256, &f.sha256) {
-                    (Some(a), Some(b)) if a != b => problems.push(format!(
-                        "{path}: SHA-256 {b} stored, backup_manifest says {a}"
+                let stored = f.sha256.as_deref().unwrap_or_default();
+                match &m.checksum {
+                    ManifestChecksum::Sha256(a) if a != stored => problems.push(format!(
+                        "{path}: SHA-256 {stored} stored, backup_manifest says {a}"
                     )),
-                    (None, _) => problems.push(format!(
-                        "{path}: backup_manifest has no SHA256 checksum for it"
-                    )),
+                    ManifestChecksum::Crc32c(a) => match crcs.get(stored) {
+                        Some(Ok(crc)) if !crc.matches_manifest(a) => problems.push(format!(
+                            "{path}: CRC-32C {:08x} stored, backup_manifest says {a}",
+                            crc.finish()
+                        )),
+                        _ => {}
+                    },
                     _ => {}
                 }
             }
@@ -358,8 +396,54 @@ mod tests {
             &mut m,
         )
         .expect("encoded");
+        manifest_line(
+            b"{ \"Path\": \"PG_VERSION\", \"Size\": 9, \"Last-Modified\": \"x\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"839206E3\" },",
+            &mut m,
+        )
+        .expect("crc entry");
         assert_eq!(m["global/pg_control"].size, 8192);
-        assert_eq!(m["global/pg_control"].sha256.as_deref(), Some("ab"));
-        assert!(m["ab"].sha256.is_none());
+        assert!(
+            matches!(&m["global/pg_control"].checksum, ManifestChecksum::Sha256(s) if s == "ab")
+        );
+        assert!(matches!(m["ab"].checksum, ManifestChecksum::Unchecked));
+        assert!(
+            matches!(&m["PG_VERSION"].checksum, ManifestChecksum::Crc32c(s) if s == "839206e3")
+        );
+    }
+
+    #[test]
+    fn a_crc32c_that_disagrees_with_the_stored_content_is_reported() {
+        let file = |path: &str, sha: &str| pgwal::api::BackupFile {
+            path: path.to_string(),
+            kind: "file".to_string(),
+            size: 9,
+            sha256: Some(sha.to_string()),
+            tablespace_oid: None,
+            mode: 0o600,
+            mtime: 0,
+            link_target: None,
+        };
+        let files = vec![file("PG_VERSION", "s1"), file("other", "s2")];
+        let mut crc = Crc32c::new();
+        crc.update(b"123456789");
+        let mut crcs = HashMap::new();
+        crcs.insert("s1".to_string(), Ok(crc));
+        let mut crc = Crc32c::new();
+        crc.update(b"123456780");
+        crcs.insert("s2".to_string(), Ok(crc));
+        let entry = |hex: &str| ManifestEntry {
+            size: 9,
+            checksum: ManifestChecksum::Crc32c(hex.to_string()),
+        };
+        let manifest: HashMap<String, ManifestEntry> = [
+            ("PG_VERSION".to_string(), entry("839206e3")),
+            ("other".to_string(), entry("839206e3")),
+        ]
+        .into_iter()
+        .collect();
+        let mut problems = Vec::new();
+        compare_manifest(&manifest, &files, &crcs, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("other: CRC-32C"), "{problems:?}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use pgwal::checksum::{Sha256, Xxh3};
+use pgwal::checksum::{Crc32c, Sha256, Xxh3};
 use pgwal::name::WalFileName;
 use pgwal::page::{Expectations, SegmentValidator, ValidationErrorKind};
 use pgwal::segment::SegmentSize;
@@ -1110,8 +1110,9 @@ impl Archive {
         }
     }
 
-    /// Looks a file up and re-verifies the stored object end to end (decompress + SHA-256)
-    /// before anything is served (DESIGN §7.3).
+    /// Looks a file up and re-verifies the stored object end to end before anything is served
+    /// (DESIGN §7.3): decompressed and hashed with the XXH3-128 recorded at ingest, or, for a row
+    /// that has none (rebuilt from storage), with the SHA-256, recording the XXH3-128 then.
     pub async fn verified(
         &self,
         cluster: &str,
@@ -1132,36 +1133,62 @@ impl Archive {
                 row.object_key
             )));
         }
-        let (sha, size, xxh3) = self.hash_object_xxh3(&row.object_key).await?;
-        if sha != row.sha256 || size != row.size {
-            return Err(ArchiveError::Corrupt(format!(
-                "stored {name} fails its checksum: expected SHA-256 {} ({} bytes), read {sha} \
-                 ({size} bytes); the object {} is damaged and will not be served",
-                row.sha256, row.size, row.object_key
-            )));
+        let sums = self
+            .hash_object_with(&row.object_key, row.xxh3.is_none(), false)
+            .await?;
+        let damaged = |what: &str, expected: &str, read: &str| {
+            ArchiveError::Corrupt(format!(
+                "stored {name} fails its checksum: expected {what} {expected} ({} bytes), read \
+                 {read} ({} bytes); the object {} is damaged and will not be served",
+                row.size, sums.size, row.object_key
+            ))
+        };
+        match (&row.xxh3, &sums.sha256) {
+            (Some(recorded), _) => {
+                if *recorded != sums.xxh3 || sums.size != row.size {
+                    return Err(damaged("XXH3-128", recorded, &sums.xxh3));
+                }
+                Ok(row)
+            }
+            (None, Some(sha)) => {
+                if *sha != row.sha256 || sums.size != row.size {
+                    return Err(damaged("SHA-256", &row.sha256, sha));
+                }
+                // A row rebuilt from storage (the object carries only its SHA-256): the XXH3-128
+                // of the content just verified is recorded, and checked and sent from now on.
+                self.catalog
+                    .set_wal_xxh3(cluster, &row.name, sums.xxh3.clone())
+                    .await?;
+                Ok(WalRow {
+                    xxh3: Some(sums.xxh3),
+                    ..row
+                })
+            }
+            (None, None) => unreachable!("the SHA-256 is computed when the row has no XXH3-128"),
         }
-        if row.xxh3.is_none() {
-            // A row rebuilt from storage (the object carries only its SHA-256): the XXH3-128
-            // of the content just verified is recorded, and sent from now on.
-            self.catalog
-                .set_wal_xxh3(cluster, &row.name, xxh3.clone())
-                .await?;
-            return Ok(WalRow {
-                xxh3: Some(xxh3),
-                ..row
-            });
-        }
-        Ok(row)
     }
 
     /// Decompresses and hashes a stored object: SHA-256 and size.
     pub async fn hash_object(&self, key: &str) -> Result<(String, u64), ArchiveError> {
-        let (sha, size, _) = self.hash_object_xxh3(key).await?;
-        Ok((sha, size))
+        let sums = self.hash_object_with(key, true, false).await?;
+        Ok((sums.sha256.unwrap_or_default(), sums.size))
     }
 
-    /// [`Archive::hash_object`], with the XXH3-128 of the content too.
-    async fn hash_object_xxh3(&self, key: &str) -> Result<(String, u64, String), ArchiveError> {
+    /// Every checksum of a stored object's content (`verify`: the SHA-256 the catalog holds and
+    /// the CRC-32C a `backup_manifest` may list).
+    pub async fn content_sums(&self, key: &str) -> Result<ContentSums, ArchiveError> {
+        self.hash_object_with(key, true, true).await
+    }
+
+    /// Decompresses a stored object and hashes its content: always the XXH3-128, the SHA-256
+    /// and the CRC-32C only when asked (SHA-256 costs several times more per byte on CPUs
+    /// without SHA extensions).
+    async fn hash_object_with(
+        &self,
+        key: &str,
+        sha256: bool,
+        crc32c: bool,
+    ) -> Result<ContentSums, ArchiveError> {
         let mut stream = self
             .blobs
             .get(key)
@@ -1169,14 +1196,20 @@ impl Archive {
             .map_err(ArchiveError::from_storage)?;
         let mut dec = Decompressor::new()
             .map_err(|e| ArchiveError::Storage(format!("cannot start decompression: {e}")))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = sha256.then(Sha256::new);
+        let mut crc = crc32c.then(Crc32c::new);
         let mut xxh3 = Xxh3::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(ArchiveError::from_storage)?;
             dec.write(&chunk, |plain| {
                 size += plain.len() as u64;
-                hasher.update(plain);
+                if let Some(h) = hasher.as_mut() {
+                    h.update(plain);
+                }
+                if let Some(c) = crc.as_mut() {
+                    c.update(plain);
+                }
                 xxh3.update(plain);
                 Ok(())
             })
@@ -1189,8 +1222,21 @@ impl Archive {
                 "stored object {key} ends inside a zstd frame: it was cut short"
             )));
         }
-        Ok((hasher.finish_hex(), size, xxh3.finish_hex()))
+        Ok(ContentSums {
+            sha256: hasher.map(|h| h.finish_hex()),
+            xxh3: xxh3.finish_hex(),
+            crc32c: crc,
+            size,
+        })
     }
+}
+
+/// The checksums of a stored object's content (those asked for).
+pub struct ContentSums {
+    pub sha256: Option<String>,
+    pub xxh3: String,
+    pub crc32c: Option<Crc32c>,
+    pub size: u64,
 }
 
 /// What was uploaded, for the answer about a name already stored.

@@ -15,6 +15,10 @@
 //!
 //! On any failure what restore created is removed again, so a second attempt starts clean.
 //! Files are created as the user running restore: run it as the PostgreSQL OS user.
+//!
+//! With `--delta` the target is an existing, stopped data directory of the same cluster, and
+//! only what differs is rewritten ([`crate::ops::delta`]); a failure leaves it marked, unable
+//! to start, for the next `restore --delta` to finish.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -31,6 +35,7 @@ use pgwal::checksum::{sha256_hex, Sha256};
 use crate::args::{GlobalArgs, RestoreArgs};
 use crate::client::{status_failure, with_retries, Client, Failure};
 use crate::durable::{self, TempFile};
+use crate::ops::delta::{self, DeltaStats};
 use crate::ops::manifest::{self, Manifest};
 use crate::ops::progress::{bytes_bar, human_bytes};
 
@@ -46,6 +51,9 @@ pub struct Restored {
     pub bytes: u64,
     pub tablespaces: BTreeMap<u32, PathBuf>,
     pub signal: &'static str,
+    /// With `--delta`: what was kept, written and removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaStats>,
 }
 
 pub fn restore(
@@ -79,23 +87,25 @@ pub fn restore(
     let tablespaces = tablespace_destinations(&info, &args.tablespaces)?;
     let restore_command = restore_command(global, args)?;
 
-    // Nothing is created before every destination is known to be free.
     let mut destinations = vec![target.clone()];
     destinations.extend(tablespaces.values().cloned());
+    check_no_overlap(&destinations)?;
+    if args.delta {
+        return restore_delta(
+            client,
+            args,
+            json,
+            &info,
+            &files,
+            &manifest_bytes,
+            &target,
+            &tablespaces,
+            &restore_command,
+        );
+    }
+    // Nothing is created before every destination is known to be free.
     for d in &destinations {
         check_free(d)?;
-    }
-    for (i, a) in destinations.iter().enumerate() {
-        for b in &destinations[i + 1..] {
-            if a.starts_with(b) || b.starts_with(a) {
-                bail!(
-                    "{} and {} overlap: give each tablespace a directory of its own, outside \
-                     the target directory",
-                    a.display(),
-                    b.display()
-                );
-            }
-        }
     }
     let mut created = Created::default();
     let result: Result<Restored> = (|| {
@@ -103,8 +113,9 @@ pub fn restore(
             created.make(d)?;
         }
         let plan = Plan::new(&target, &tablespaces, &files)?;
-        plan.make_dirs()?;
-        let bytes = plan.download(client, cluster, window, args.jobs.into(), json)?;
+        plan.make_dirs(false)?;
+        let all: Vec<usize> = (0..plan.files.len()).collect();
+        let bytes = plan.download(client, cluster, window, args.jobs.into(), json, &all)?;
         let manifest_out = plan.write_tablespace_map(&tablespaces, &manifest_bytes)?;
         plan.apply_dir_modes()?;
         for d in &destinations {
@@ -119,6 +130,7 @@ pub fn restore(
             bytes,
             tablespaces: tablespaces.clone(),
             signal,
+            delta: None,
         })
     })();
     match result {
@@ -132,6 +144,110 @@ pub fn restore(
             )))
         }
     }
+}
+
+/// Destinations may not contain one another.
+fn check_no_overlap(destinations: &[PathBuf]) -> Result<()> {
+    for (i, a) in destinations.iter().enumerate() {
+        for b in &destinations[i + 1..] {
+            if a.starts_with(b) || b.starts_with(a) {
+                bail!(
+                    "{} and {} overlap: give each tablespace a directory of its own, outside \
+                     the target directory",
+                    a.display(),
+                    b.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `restore --delta` (see [`crate::ops::delta`]).
+#[allow(clippy::too_many_arguments)]
+fn restore_delta(
+    client: &Client,
+    args: &RestoreArgs,
+    json: bool,
+    info: &BackupInfo,
+    files: &BackupFiles,
+    manifest_bytes: &[u8],
+    target: &Path,
+    tablespaces: &BTreeMap<u32, PathBuf>,
+    restore_command: &str,
+) -> Result<Restored> {
+    let window = client.settings.retry_for.unwrap_or(DEFAULT_RETRY);
+    let system_identifier = info
+        .system_identifier
+        .as_deref()
+        .context("the backup has no system identifier; --delta cannot check the target")?;
+    delta::prepare(target, system_identifier)?;
+    let result: Result<Restored> = (|| {
+        for d in tablespaces.values() {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot set the mode of {}", d.display()))?;
+        }
+        let plan = Plan::new(target, tablespaces, files)?;
+        let mut roots = vec![target.to_path_buf()];
+        roots.extend(tablespaces.values().cloned());
+        let expected = delta::expected_tree(
+            plan.dirs.iter().map(|(d, _)| d),
+            plan.files.iter().map(|(_, p)| p),
+            plan.links.iter().map(|(l, to)| (l, to)),
+            &roots,
+        );
+        let removed = delta::remove_extraneous(&roots, target, &expected)?;
+        plan.make_dirs(true)?;
+        let kept = delta::unchanged(&plan.files, args.jobs.into(), json)?;
+        // pg_control last: until it is back, PostgreSQL cannot start on a half-done directory.
+        let control = target.join("global/pg_control");
+        let (last, rest): (Vec<usize>, Vec<usize>) = (0..plan.files.len())
+            .filter(|i| !kept[*i])
+            .partition(|i| plan.files[*i].1 == control);
+        let mut written =
+            plan.download(client, &args.cluster, window, args.jobs.into(), json, &rest)?;
+        written += plan.download(client, &args.cluster, window, 1, json, &last)?;
+        let manifest_out = plan.write_tablespace_map(tablespaces, manifest_bytes)?;
+        plan.apply_dir_modes()?;
+        for d in &roots {
+            durable::sync_tree(d)?;
+        }
+        write_new(&target.join("backup_manifest"), &manifest_out, 0o600)?;
+        let signal = write_recovery_settings(target, args, restore_command)?;
+        delta::finish(target)?;
+        let stats = DeltaStats {
+            kept_files: kept.iter().filter(|k| **k).count(),
+            kept_bytes: plan
+                .files
+                .iter()
+                .zip(&kept)
+                .filter(|(_, k)| **k)
+                .map(|((f, _), _)| f.size)
+                .sum(),
+            written_files: rest.len() + last.len(),
+            written_bytes: written,
+            removed,
+        };
+        Ok(Restored {
+            backup: info.id.clone(),
+            target_dir: target.to_path_buf(),
+            files: plan.files.len(),
+            bytes: plan.files.iter().map(|(f, _)| f.size).sum(),
+            tablespaces: tablespaces.clone(),
+            signal,
+            delta: Some(stats),
+        })
+    })();
+    result.with_context(|| {
+        format!(
+            "restore --delta of backup {} into {} failed; the directory is incomplete and \
+             PostgreSQL cannot start on it (global/pg_control is absent until the end): run the \
+             same restore --delta again",
+            info.id,
+            target.display()
+        )
+    })
 }
 
 /// Files are created as the user running restore, and PostgreSQL refuses a data directory it
@@ -461,7 +577,9 @@ impl<'a> Plan<'a> {
         Ok(plan)
     }
 
-    fn make_dirs(&self) -> Result<()> {
+    /// Creates the directories and links; with `delta`, a link already in place (the right
+    /// one: others were removed) stays.
+    fn make_dirs(&self, delta: bool) -> Result<()> {
         for (dir, _) in &self.dirs {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -476,6 +594,9 @@ impl<'a> Plan<'a> {
             if let Some(parent) = link.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            if delta && std::fs::symlink_metadata(link).is_ok() {
+                continue;
             }
             std::os::unix::fs::symlink(to, link)
                 .with_context(|| format!("cannot link {} to {}", link.display(), to.display()))?;
@@ -495,7 +616,8 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
-    /// Downloads every file with `jobs` threads; returns the bytes written.
+    /// Downloads the files at `indices` of [`Plan::files`] with `jobs` threads; returns the
+    /// bytes written.
     fn download(
         &self,
         client: &Client,
@@ -503,8 +625,9 @@ impl<'a> Plan<'a> {
         window: Duration,
         jobs: usize,
         json: bool,
+        indices: &[usize],
     ) -> Result<u64> {
-        let total: u64 = self.files.iter().map(|(f, _)| f.size).sum();
+        let total: u64 = indices.iter().map(|i| self.files[*i].0.size).sum();
         let bar = bytes_bar(Some(total), json);
         bar.set_message("restore");
         let next = AtomicUsize::new(0);
@@ -516,8 +639,8 @@ impl<'a> Plan<'a> {
                     if failed.load(Ordering::Relaxed) {
                         return;
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((file, path)) = self.files.get(i) else {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((file, path)) = indices.get(n).map(|i| &self.files[*i]) else {
                         return;
                     };
                     let result = with_retries(window, &format!("download {}", file.path), || {
@@ -853,6 +976,16 @@ pub fn print_human(r: &Restored) {
     );
     for (oid, dir) in &r.tablespaces {
         println!("  tablespace {oid} at {}", dir.display());
+    }
+    if let Some(d) = &r.delta {
+        println!(
+            "  delta: {} files kept ({}), {} written ({}), {} entries removed",
+            d.kept_files,
+            human_bytes(d.kept_bytes),
+            d.written_files,
+            human_bytes(d.written_bytes),
+            d.removed
+        );
     }
     println!(
         "  {} written; start PostgreSQL on it (as its OS user) to recover",
