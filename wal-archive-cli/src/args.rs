@@ -71,7 +71,13 @@ pub enum Command {
         #[arg(long)]
         cluster: String,
         /// Path of the WAL file (PostgreSQL's %p).
-        path: PathBuf,
+        #[arg(required_unless_present = "test", conflicts_with = "test")]
+        path: Option<PathBuf>,
+        /// Store nothing: check that the server is reachable, is a wal-archive server, and
+        /// lets this token push WAL of the cluster. Run it as the user archive_command runs
+        /// as, with the options archive_command passes.
+        #[arg(long)]
+        test: bool,
     },
     /// Restore one WAL file (restore_command = 'wal-archive fetch --cluster C %f %p').
     Fetch {
