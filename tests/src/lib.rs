@@ -38,6 +38,8 @@
 //! - `rebuild.rs`: a catalog rebuilt from storage alone says and restores what the old one did.
 //! - `timelines.rs`: what PostgreSQL writes around promotions and PITR is accepted: a history
 //!   file with decreasing switchpoints, a second `.partial` of the same WAL.
+//! - `debian.rs`: the Debian package built by `cargo deb`, installed system-wide (root only),
+//!   its service run as its unit runs it, removed (the archive stays) and purged (it goes).
 //! - `prefetch.rs`: the asynchronous fetch spool: a corrupted spooled file is discarded at
 //!   hand-over, never handed over; one prefetch worker per spool, token out of its arguments,
 //!   exit when idle; recovery across a promotion's timeline switch with prefetch on.
