@@ -80,6 +80,21 @@ pub struct PutResponse {
     pub stored_size: u64,
 }
 
+/// Answer to `POST /v1/clusters/{cluster}/wal-test` (`wal-archive push --test`): the request
+/// passed the authorisation of a WAL upload to this cluster. Nothing was stored or bound.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushTestResponse {
+    pub cluster: String,
+    /// The archive instance that answered (as in `X-Wal-Archive-Instance`).
+    pub instance: String,
+    /// The name of the token that was presented, or `None` when the server has no tokens
+    /// (the loopback-only open mode) and needs none.
+    pub token: Option<String>,
+    /// The PostgreSQL system identifier the cluster is bound to, as a decimal string, or `None`
+    /// while the archive holds no segment of it: the first push binds it.
+    pub system_identifier: Option<String>,
+}
+
 /// State of a cluster's streaming receiver, as `GET /v1/clusters/{cluster}/receiver` reports it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReceiverStatus {

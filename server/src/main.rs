@@ -1,37 +1,14 @@
-//! `wal-archive-server`: parses flags, merges configuration, and runs [`wal_archive_server::run`].
+//! `wal-archive-server`: parses flags (`args.rs`), merges configuration, and runs
+//! [`wal_archive_server::run`].
 
-use std::path::PathBuf;
+mod args;
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use wal_archive_server::config::{Config, Overrides};
 
-/// The wal-archive server: a WAL archive and backup server for PostgreSQL.
-///
-/// Runs with no flags at all: local storage and SQLite under /var/lib/wal-archive,
-/// listening on 127.0.0.1:8420.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// TOML configuration file.
-    #[arg(long, env = "WAL_ARCHIVE_SERVER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Directory for storage, the catalog and the lock file (default /var/lib/wal-archive).
-    #[arg(long, env = "WAL_ARCHIVE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Address to listen on (default 127.0.0.1:8420).
-    #[arg(long, env = "WAL_ARCHIVE_LISTEN")]
-    listen: Option<String>,
-    /// Set the catalog aside and rebuild it from storage alone (backups, WAL, keep flags,
-    /// job history), then run. A missing catalog over an archive is rebuilt without it.
-    #[arg(long)]
-    rebuild_catalog: bool,
-    /// Take the storage over even though another server's lease on it has not expired: only
-    /// when that server is gone for good (its host lost). Two servers must never write one
-    /// storage at once.
-    #[arg(long)]
-    take_over: bool,
-}
+use crate::args::Args;
 
 fn main() -> ExitCode {
     // Before any file or thread exists: everything the server creates is owner-only.

@@ -51,6 +51,12 @@ impl Cli {
         self
     }
 
+    /// The same invocation of another `wal-archive` binary (the one a package installed).
+    pub fn with_bin(mut self, bin: &Path) -> Cli {
+        self.bin = bin.to_path_buf();
+        self
+    }
+
     pub fn bin(&self) -> &Path {
         &self.bin
     }

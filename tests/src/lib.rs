@@ -25,6 +25,9 @@
 //! - `streaming_errors.rs`: what a DBA gets wrong on the PostgreSQL side (REPLICATION attribute,
 //!   pg_hba.conf, a busy slot, max_replication_slots, the password): reported by the receiver
 //!   status, `check` and the log, and healed without restarting the server once fixed.
+//! - `push_test.rs`: `push --test`, archive_command's dry run: ok only for a token that may push
+//!   to the cluster; each refusal, a server that is not the archive or is down, said as such;
+//!   nothing stored.
 //! - `lookahead.rs`: look-ahead push; a stale acknowledgement record never yields a false 0; a
 //!   backlog of `.ready` segments archived mostly from records.
 //! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:
@@ -35,6 +38,8 @@
 //! - `rebuild.rs`: a catalog rebuilt from storage alone says and restores what the old one did.
 //! - `timelines.rs`: what PostgreSQL writes around promotions and PITR is accepted: a history
 //!   file with decreasing switchpoints, a second `.partial` of the same WAL.
+//! - `debian.rs`: the Debian package built by `cargo deb`, installed system-wide (root only),
+//!   its service run as its unit runs it, removed (the archive stays) and purged (it goes).
 //! - `prefetch.rs`: the asynchronous fetch spool: a corrupted spooled file is discarded at
 //!   hand-over, never handed over; one prefetch worker per spool, token out of its arguments,
 //!   exit when idle; recovery across a promotion's timeline switch with prefetch on.
@@ -46,6 +51,7 @@ pub mod background;
 pub mod backup;
 pub mod cli;
 pub mod factory;
+pub mod fake_http;
 pub mod faulty_proxy;
 pub mod http;
 pub mod pg;
@@ -59,6 +65,7 @@ pub mod wal;
 pub use background::Background;
 pub use cli::Cli;
 pub use factory::WalFactory;
+pub use fake_http::FakeHttp;
 pub use faulty_proxy::FaultyProxy;
 pub use http::{Api, Response};
 pub use pg::{copy_archive_command, BaseBackupOptions, Pg, PgOptions};

@@ -44,18 +44,15 @@
 //!   `reconnecting` and `check` fails; once the network is back it streams again, with no gap.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use wal_archive_e2e::backup::{orphan_objects, BackupRig};
 use wal_archive_e2e::{
-    list_files, streaming_config, Cli, FreezableProxy, Output, Pg, PgOptions, Server, TestDir,
-    WalFactory,
+    list_files, streaming_config, Cli, FakeHttp, FreezableProxy, Output, Pg, PgOptions, Server,
+    TestDir, WalFactory,
 };
 
 const CRASH_AT: &str = "WAL_ARCHIVE_CRASH_AT";
@@ -88,61 +85,6 @@ fn expect_exit(out: &Output, code: i32, what: &str) -> Result<()> {
         out.describe()
     );
     Ok(())
-}
-
-/// An HTTP server on loopback that answers every request with `status` and `body` (JSON), as a
-/// proxy or another service at the archive's URL might. Stops when dropped.
-struct FakeHttp {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FakeHttp {
-    fn start(status: &'static str, body: &'static str) -> Result<FakeHttp> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 4096];
-                        let _ = conn.read(&mut buf);
-                        let reply = format!(
-                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = conn.write_all(reply.as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(FakeHttp {
-            port,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for FakeHttp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn ensure_nothing_in(dir: &Path) -> Result<()> {

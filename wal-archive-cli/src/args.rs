@@ -1,5 +1,7 @@
 //! Stage one of the command line: the flags as parsed by clap, before any validation.
-//! [`crate::settings`] turns them into what the commands use.
+//! [`crate::settings`] turns them into what the commands use. The server's build script also
+//! reads this file, to generate the man pages and shell completions of `wal-archive` from it:
+//! it may use clap and std only.
 
 use std::path::PathBuf;
 
@@ -7,7 +9,14 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// wal-archive: archive and restore PostgreSQL WAL through a wal-archive server.
 #[derive(Parser, Debug)]
-#[command(version, about, propagate_version = true)]
+#[command(
+    name = "wal-archive",
+    version,
+    // Spelled out, not `about` alone: that would be the description of the crate that compiles
+    // this file, and the server's build script compiles it too (for the man pages).
+    about = "The wal-archive command: archive_command/restore_command helper and operator commands",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -71,7 +80,13 @@ pub enum Command {
         #[arg(long)]
         cluster: String,
         /// Path of the WAL file (PostgreSQL's %p).
-        path: PathBuf,
+        #[arg(required_unless_present = "test", conflicts_with = "test")]
+        path: Option<PathBuf>,
+        /// Store nothing: check that the server is reachable, is a wal-archive server, and
+        /// lets this token push WAL of the cluster. Run it as the user archive_command runs
+        /// as, with the options archive_command passes.
+        #[arg(long)]
+        test: bool,
     },
     /// Restore one WAL file (restore_command = 'wal-archive fetch --cluster C %f %p').
     Fetch {

@@ -43,7 +43,29 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Push { cluster, path } => match push::push(&client, &cluster, &path) {
+        Command::Push {
+            cluster,
+            test: true,
+            ..
+        } => match push::test(&client, &cluster) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    println!("{}", push::describe_test(&client, &r));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wal-archive push --test: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Push {
+            cluster,
+            path: Some(path),
+            ..
+        } => match push::push(&client, &cluster, &path) {
             Ok(r) => {
                 if json {
                     print_json(&r);
@@ -57,6 +79,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Push { path: None, .. } => {
+            // clap requires the path without --test; kept for completeness of the match.
+            eprintln!("wal-archive push: the path of a WAL file (PostgreSQL's %p) is required");
+            ExitCode::from(1)
+        }
         Command::Fetch {
             cluster,
             walname,

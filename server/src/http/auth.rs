@@ -142,7 +142,7 @@ impl Authorizer {
         }
         if !role_allows(*role, op) {
             return Err(AuthError::Forbidden(format!(
-                "token {name:?} has role {role:?}, which may not {} ",
+                "token {name:?} has role {role:?}, which may not {}",
                 op.as_str()
             )));
         }

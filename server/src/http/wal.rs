@@ -1,5 +1,5 @@
-//! Routes of WAL files (`PUT`/`GET`/`HEAD` of one file, the listing), of the streaming
-//! receiver's state and of `check`.
+//! Routes of WAL files (`PUT`/`GET`/`HEAD` of one file, the listing, the dry run of a push), of
+//! the streaming receiver's state and of `check`.
 
 use std::sync::Arc;
 
@@ -7,12 +7,12 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use pgwal::api::{
-    PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER, CONTENT_SIZE_HEADER,
-    CONTENT_XXH3_HEADER,
+    PushTestResponse, PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER,
+    CONTENT_SIZE_HEADER, CONTENT_XXH3_HEADER,
 };
 use pgwal::name::WalFileName;
 
@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
         .route("/v1/clusters/{cluster}/receiver", get(receiver_status))
         .route("/v1/clusters/{cluster}/check", get(check))
+        .route("/v1/clusters/{cluster}/wal-test", post(push_test))
         .route(
             "/v1/clusters/{cluster}/wal/{name}",
             get(get_wal).put(put_wal).head(head_wal),
@@ -118,6 +119,29 @@ async fn put_wal(
     result
         .map(|(status, r)| (status, Json(r)).into_response())
         .map_err(ApiError::logged)
+}
+
+/// `wal-archive push --test`: the authorisation of a WAL upload to `cluster` (its name, the
+/// token, the token's role and clusters), exactly as [`put_wal`] runs it, and then what the
+/// archive knows of the cluster. Nothing is read from a body, stored or bound.
+async fn push_test(
+    State(state): State<Arc<HttpState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<PushTestResponse>, ApiError> {
+    let token = authorize(&state, &headers, &cluster, Operation::Push)?;
+    let row = state.archive.catalog.cluster(&cluster).await?;
+    tracing::info!(
+        cluster,
+        token = token.as_deref().unwrap_or("-"),
+        "push test: this token may push WAL of this cluster"
+    );
+    Ok(Json(PushTestResponse {
+        instance: state.archive.instance.to_string(),
+        token,
+        system_identifier: row.and_then(|r| r.system_identifier).map(|s| s.to_string()),
+        cluster,
+    }))
 }
 
 async fn put_wal_inner(

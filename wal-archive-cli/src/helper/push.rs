@@ -6,16 +6,19 @@
 //! `parallel` threads while the requested one is pushed (and on the main thread too once it is
 //! stored); the process waits for them (one attempt each) before it exits. The requested
 //! file's result alone decides the exit code.
+//!
+//! `push --test` sends nothing: the server runs the authorisation of an upload to the cluster
+//! and answers what it knows of it ([`test`]).
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pgwal::api::PutResponse;
+use pgwal::api::{PushTestResponse, PutResponse, INSTANCE_HEADER};
 use pgwal::name::WalFileName;
 
-use crate::client::{status_failure, with_retries, Client, Failure};
+use crate::client::{read_json, status_failure, with_retries, Client, Failure};
 use crate::helper::lookahead::{self, Check, Records};
 use crate::helper::state;
 
@@ -110,4 +113,79 @@ fn push_requested(
             _ => Err(status_failure(resp)),
         }
     })
+}
+
+/// `push --test`: whether the server at the configured URL is reachable, is a wal-archive
+/// server (every answer of one carries `X-Wal-Archive-Instance`), and lets this token push WAL
+/// of `cluster`, which `POST /v1/clusters/{cluster}/wal-test` answers without storing anything.
+/// One attempt, unless `--retry-for` asks for more: a test answers for now. The error says what
+/// is wrong and what to do.
+pub fn test(client: &Client, cluster: &str) -> Result<PushTestResponse, String> {
+    let url = &client.settings.url;
+    let path = format!("/v1/clusters/{cluster}/wal-test");
+    let window = client.settings.retry_for.unwrap_or(Duration::ZERO);
+    with_retries(window, "push --test", || {
+        let resp = client.post_json(&path, &serde_json::json!({}))?;
+        if !resp.headers().contains_key(INSTANCE_HEADER) {
+            return Err(Failure::Fatal(format!(
+                "{url} answered HTTP {} without the {INSTANCE_HEADER} header that every answer \
+                 of a wal-archive server carries: it is not a wal-archive server; check --url, \
+                 WAL_ARCHIVE_URL or `url` in the client config file",
+                resp.status().as_u16()
+            )));
+        }
+        read_json(resp, &[200])
+    })
+    .map_err(|f| match f {
+        Failure::Unreachable(m) => format!(
+            "cannot reach {url}: {m}; check that wal-archive-server runs and listens there, \
+             and --url, WAL_ARCHIVE_URL or `url` in the client config file"
+        ),
+        Failure::Status {
+            status: 401,
+            message,
+            ..
+        } => format!("{url} refused the token (401): {message}"),
+        Failure::Status {
+            status: 403,
+            message,
+            ..
+        } => format!(
+            "{url} does not let this token push WAL of cluster {cluster:?} (403): {message}; on \
+             the server, give the token role \"archiver\" (or \"admin\") and list {cluster:?} \
+             in its `clusters`, or use the cluster's own token"
+        ),
+        // A wal-archive server without this route: a path after its address, or a server
+        // older than `push --test`.
+        Failure::Status {
+            status: 404, kind, ..
+        } if kind == "http" => format!(
+            "{url} is a wal-archive server, but it has no {path} (404): the URL takes no path \
+             after host:port; if it has none, the server is older than `push --test`"
+        ),
+        Failure::Status {
+            status,
+            kind,
+            message,
+            ..
+        } => format!("{url} refused the test ({status} {kind}): {message}"),
+        Failure::Fatal(m) => m,
+    })
+}
+
+/// The one line `push --test` prints when the server would take WAL of the cluster.
+pub fn describe_test(client: &Client, r: &PushTestResponse) -> String {
+    let who = match &r.token {
+        Some(name) => format!("from token {name:?}"),
+        None => "without a token (the server has none configured)".to_string(),
+    };
+    let binding = match &r.system_identifier {
+        Some(id) => format!("bound to PostgreSQL system {id}"),
+        None => "no WAL yet: the first push binds it to its PostgreSQL system".to_string(),
+    };
+    format!(
+        "ok: {} (wal-archive instance {}) accepts WAL of cluster {:?} {who} ({binding}); \
+         nothing was stored",
+        client.settings.url, r.instance, r.cluster
+    )
 }
