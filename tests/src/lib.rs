@@ -25,6 +25,8 @@
 //! - `streaming_errors.rs`: what a DBA gets wrong on the PostgreSQL side (REPLICATION attribute,
 //!   pg_hba.conf, a busy slot, max_replication_slots, the password): reported by the receiver
 //!   status, `check` and the log, and healed without restarting the server once fixed.
+//! - `replication.rs`: a real standby's slot goes inactive while the primary writes: `check`
+//!   fails naming the slot once it retains more than `max_slot_retained`; `/metrics` shows it.
 //! - `lookahead.rs`: look-ahead push; a stale acknowledgement record never yields a false 0; a
 //!   backlog of `.ready` segments archived mostly from records.
 //! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:

@@ -1,6 +1,6 @@
 //! The checks of `GET /v1/clusters/{c}/check` beyond the archive's own state: the monitored
 //! PostgreSQL (connection, privileges, `wal_level`, archiving settings and failures, system
-//! identifier), the backups (age, `minimum_redundancy`, the newest one failed), WAL continuity
+//! identifier, replication slots and standbys through [`super::replication`]), the backups (age, `minimum_redundancy`, the newest one failed), WAL continuity
 //! from the oldest retained backup, the newest WAL's age, and free space. Every failed line has a
 //! hint saying what to do. Also `pg_switch_wal()` for `POST /v1/clusters/{c}/switch-wal`.
 //!
@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime};
 
 use pgrepl::{ConnInfo, ReplError, ReplicationConnection};
-use pgwal::api::CheckItem;
+use pgwal::api::{ArchiverStatus, CheckItem, PostgresStatus};
 use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 
@@ -82,30 +82,146 @@ fn col(r: &[Option<String>], i: usize) -> String {
     r.get(i).cloned().flatten().unwrap_or_default()
 }
 
-/// Appends the PostgreSQL checks; one OK line when the cluster has no conninfo.
-pub async fn postgres_checks(state: &AppState, cluster: &str, checks: &mut Vec<CheckItem>) {
+/// Every line of `check` for `cluster`: the archive's own state (newest WAL, storage, the
+/// receiver), then PostgreSQL through `conninfo`, then backups, WAL continuity and free space.
+/// Also returns what was read from PostgreSQL, for the status page.
+pub async fn run(
+    state: &AppState,
+    cluster: &str,
+) -> Result<(Vec<CheckItem>, Option<PostgresStatus>), crate::catalog::CatalogError> {
+    let mut checks = vec![CheckItem {
+        name: "server".into(),
+        ok: true,
+        message: "reachable and authorised".into(),
+        hint: None,
+    }];
+    let catalog = &state.archive.catalog;
+    let stats = catalog.cluster_stats(cluster).await?;
+    checks.push(match stats.as_ref().and_then(|s| s.last_segment.as_ref().zip(s.last_archived_at.as_ref())) {
+        Some((name, at)) => CheckItem {
+            name: "wal archive".into(),
+            ok: true,
+            message: format!(
+                "{} files; newest segment {name} stored at {at}",
+                stats.as_ref().map_or(0, |s| s.files)
+            ),
+            hint: None,
+        },
+        None => CheckItem {
+            name: "wal archive".into(),
+            ok: false,
+            message: "no WAL segment archived yet".into(),
+            hint: Some(format!(
+                "set archive_command = 'wal-archive push --cluster {cluster} %p' or streaming = true"
+            )),
+        },
+    });
+    let missing = stats.as_ref().map_or(0, |s| s.missing);
+    let shown = if missing > 0 {
+        catalog.missing_wal(cluster, 20).await?
+    } else {
+        Vec::new()
+    };
+    checks.push(CheckItem {
+        name: "storage".into(),
+        ok: missing == 0,
+        message: if missing == 0 {
+            "every cataloged file has its object".into()
+        } else {
+            format!(
+                "{missing} cataloged files have no object: {}{}",
+                shown.join(", "),
+                if missing > shown.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )
+        },
+        hint: (missing > 0).then(|| "restore the objects, or push the same files again".into()),
+    });
+    let cfg = state.config.cluster(cluster);
+    if cfg.streaming {
+        let r = state.receiver_status(cluster);
+        let slot = r.slot.clone().unwrap_or_default();
+        checks.push(CheckItem {
+            name: "receiver".into(),
+            ok: r.state == "streaming",
+            message: match &r.reason {
+                Some(reason) => format!("{} since {}: {reason}", r.state, r.since),
+                None => format!(
+                    "{} since {} (timeline {})",
+                    r.state,
+                    r.since,
+                    r.timeline.map_or("?".into(), |t| t.to_string())
+                ),
+            },
+            hint: r.hint.clone(),
+        });
+        checks.push(CheckItem {
+            name: "replication slot".into(),
+            ok: r.slot_active,
+            message: format!("slot {slot} {}", if r.slot_active { "active" } else { "not in use by the receiver" }),
+            hint: (!r.slot_active).then(|| "see the receiver line above; the slot retains WAL on the primary until the receiver streams again".into()),
+        });
+        let max = cfg
+            .max_lag_bytes
+            .unwrap_or(crate::config::DEFAULT_MAX_LAG_BYTES);
+        let lag_ok = r.lag_bytes.is_some_and(|l| l <= max);
+        checks.push(CheckItem {
+            name: "receiver lag".into(),
+            ok: lag_ok,
+            message: match r.lag_bytes {
+                Some(l) => format!(
+                    "{l} bytes behind the server (flushed {}, server {})",
+                    r.flushed_lsn.unwrap_or_default(),
+                    r.server_lsn.unwrap_or_default()
+                ),
+                None => "unknown: nothing received yet".into(),
+            },
+            hint: (!lag_ok).then(|| {
+                format!("lag above {max} bytes: check the receiver and the archive's disk")
+            }),
+        });
+    }
+    let seen = postgres_checks(state, cluster, &mut checks).await;
+    archive_checks(state, cluster, &mut checks).await;
+    Ok((checks, seen))
+}
+
+/// Appends the PostgreSQL checks (one OK line when the cluster has no conninfo) and returns
+/// what was read for the status page: `None` without conninfo.
+pub async fn postgres_checks(
+    state: &AppState,
+    cluster: &str,
+    checks: &mut Vec<CheckItem>,
+) -> Option<PostgresStatus> {
     let cfg = state.config.cluster(cluster);
     if cfg.conninfo.is_none() {
         checks.push(ok(
             "PostgreSQL",
             "no conninfo: PostgreSQL checks skipped".into(),
         ));
-        return;
+        return None;
     }
     let mut found = Vec::new();
+    let mut seen = PostgresStatus::default();
     let result = tokio::time::timeout(
         PG_CHECK_TIMEOUT,
-        pg_checks(state, cluster, &cfg, &mut found),
+        pg_checks(state, cluster, &cfg, &mut found, &mut seen),
     )
     .await;
     checks.extend(found);
     if result.is_err() {
+        let message = format!("no answer within {PG_CHECK_TIMEOUT:?}");
+        seen.error.get_or_insert(message.clone());
         checks.push(failed(
             "PostgreSQL",
-            format!("no answer within {PG_CHECK_TIMEOUT:?}"),
+            message,
             "check that PostgreSQL is running and reachable from the archive server".into(),
         ));
     }
+    Some(seen)
 }
 
 async fn pg_checks(
@@ -113,10 +229,12 @@ async fn pg_checks(
     cluster: &str,
     cfg: &ClusterConfig,
     checks: &mut Vec<CheckItem>,
+    seen: &mut PostgresStatus,
 ) {
     let ci = match conninfo(cfg, cluster) {
         Ok(ci) => ci,
         Err(m) => {
+            seen.error = Some(m.clone());
             checks.push(failed(
                 "PostgreSQL",
                 m,
@@ -130,14 +248,13 @@ async fn pg_checks(
         Ok(c) => c,
         Err(e) => {
             let (m, hint) = describe(&e);
-            checks.push(failed(
-                "PostgreSQL",
-                format!("cannot connect to {target}: {m}"),
-                hint,
-            ));
+            let message = format!("cannot connect to {target}: {m}");
+            seen.error = Some(message.clone());
+            checks.push(failed("PostgreSQL", message, hint));
             return;
         }
     };
+    seen.server_version = conn.parameter("server_version").map(str::to_string);
     checks.push(ok(
         "PostgreSQL",
         format!(
@@ -146,8 +263,9 @@ async fn pg_checks(
             conn.user()
         ),
     ));
-    if let Err(e) = queries(state, cluster, cfg, &mut conn, checks).await {
+    if let Err(e) = queries(state, cluster, cfg, &mut conn, checks, seen).await {
         let (m, hint) = describe(&e);
+        seen.error = Some(m.clone());
         checks.push(failed("PostgreSQL queries", m, hint));
     }
     conn.close().await;
@@ -159,6 +277,7 @@ async fn queries(
     cfg: &ClusterConfig,
     conn: &mut ReplicationConnection,
     checks: &mut Vec<CheckItem>,
+    seen: &mut PostgresStatus,
 ) -> Result<(), ReplError> {
     let user = conn.user().to_string();
     let r = row(
@@ -231,10 +350,20 @@ async fn queries(
         conn,
         "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_wal, \
          last_archived_time, (last_failed_time IS NOT NULL AND (last_archived_time IS NULL OR \
-         last_failed_time > last_archived_time)) FROM pg_catalog.pg_stat_archiver",
+         last_failed_time > last_archived_time)), archived_count FROM pg_catalog.pg_stat_archiver",
     )
     .await?;
     let failing = col(&r, 5) == "t";
+    let some = |i: usize| Some(col(&r, i)).filter(|v| !v.is_empty());
+    seen.archiver = Some(ArchiverStatus {
+        archived_count: col(&r, 6).parse().unwrap_or(0),
+        last_archived_wal: some(3),
+        last_archived_time: some(4),
+        failed_count: col(&r, 0).parse().unwrap_or(0),
+        last_failed_wal: some(1),
+        last_failed_time: some(2),
+        failing,
+    });
     let last_ok = match col(&r, 3) {
         s if s.is_empty() => "none yet".to_string(),
         s => format!("{s} at {}", col(&r, 4)),
@@ -309,6 +438,11 @@ async fn queries(
             ),
         ),
     });
+
+    seen.slots = super::replication::slots(conn).await?;
+    checks.extend(super::replication::slot_checks(cfg, cluster, &seen.slots));
+    seen.standbys = super::replication::standbys(conn).await?;
+    checks.push(super::replication::standby_check(&seen.standbys));
     Ok(())
 }
 
