@@ -1,5 +1,5 @@
 //! What operators run: backups (`backup`, `list`, `show`, `verify`, `delete`, `keep`),
-//! `restore`, `check`, `wal`, and the jobs (`retention`, `jobs`, `switch-wal`), with the progress
+//! `restore`, `check`, `status`, `wal`, and the jobs (`retention`, `jobs`, `switch-wal`), with the progress
 //! bars they show on a terminal.
 
 pub mod backup;
@@ -8,4 +8,5 @@ pub mod jobs;
 pub mod manifest;
 pub mod progress;
 pub mod restore;
+pub mod status;
 pub mod wal;
