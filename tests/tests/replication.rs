@@ -3,8 +3,8 @@
 //! inactive slot that retains more than `max_slot_retained`.
 //!
 //! - `an_inactive_slot_retaining_too_much_fails_check`: a real standby made with pg_basebackup
-//!   streams through a physical slot; `check` passes and `/metrics` shows the slot active and the
-//!   standby's lag. The standby is stopped and the primary writes and switches WAL until the slot
+//!   streams through a physical slot; `check` passes, and `/metrics` and the status report show
+//!   the slot active and the standby's lag. The standby is stopped and the primary writes and switches WAL until the slot
 //!   retains more than `max_slot_retained = "2MB"`: `check` fails naming the slot, with its fix,
 //!   and `/metrics` shows the slot inactive with the bytes it retains.
 
@@ -95,6 +95,23 @@ fn an_inactive_slot_retaining_too_much_fails_check() -> Result<()> {
     );
     let labels = format!("{{cluster=\"main\",slot=\"{SLOT}\"}}");
     ensure!(metric(&server, &format!("wal_archive_slot_active{labels}"))? == Some(1.0));
+    // The status page's report shows the slot and the standby with its lags.
+    let status = server.api().get("/v1/clusters/main/status", None)?;
+    ensure!(status.status == 200, "status: {}", status.short());
+    let pg = &status.json()?["clusters"][0]["postgres"];
+    let slot = pg["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["slot_name"] == SLOT))
+        .with_context(|| format!("no slot in the status: {pg}"))?;
+    ensure!(slot["active"] == true, "{pg}");
+    let listed = pg["standbys"]
+        .as_array()
+        .and_then(|s| s.first())
+        .with_context(|| format!("no standby in the status: {pg}"))?;
+    ensure!(
+        listed["state"] == "streaming" && listed["replay_lag_bytes"].is_u64(),
+        "{pg}"
+    );
     ensure!(
         metric(&server, "wal_archive_standby_lag_bytes{")?.is_some(),
         "/metrics shows no standby lag"
