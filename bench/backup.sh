@@ -10,7 +10,9 @@
 # pg_basebackup -Ft -X none (plain tar, no compression: the floor of reading the database), then
 # wal-archive backup --wait (the first round stores everything; later rounds of the unchanged
 # database only re-read, hash and reference: deduplication), then restore of the newest backup
-# against `tar -xf` of pg_basebackup's base.tar. Medians over the rounds and ratios.
+# against `tar -xf` of pg_basebackup's base.tar (with and without a final sync: restore fsyncs),
+# and `restore --delta` after about 5% of the database changed against a full restore of the
+# same backup. Medians over the rounds and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,7 +74,7 @@ psql_t "checkpoint" >/dev/null
 DB_BYTES=$(psql_t "select sum(pg_database_size(oid)) from pg_database")
 echo "bench: databases hold $((DB_BYTES >> 20)) MiB" >&2
 
-PGB=(); BK=(); RS=(); TX=(); STORED_FIRST=""; TAR_BYTES=0
+PGB=(); BK=(); RS=(); TX=(); TXS=(); STORED_FIRST=""; TAR_BYTES=0
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$WORK/out/pgb"
   t=$(now)
@@ -96,7 +98,42 @@ for r in $(seq 1 "$ROUNDS"); do
   t=$(now)
   as_pg tar -xf "$WORK/out/pgb/base.tar" -C "$WORK/out/untar"
   TX+=("$(since "$t")")
-  echo "bench: round $r: pg_basebackup ${PGB[-1]} s, backup ${BK[-1]} s, restore ${RS[-1]} s, tar -x ${TX[-1]} s" >&2
+  # restore fsyncs what it writes; tar does not: the same work, measured apart.
+  sync
+  rm -rf "$WORK/out/untar"; as_pg mkdir -p "$WORK/out/untar"
+  t=$(now)
+  as_pg tar -xf "$WORK/out/pgb/base.tar" -C "$WORK/out/untar" && sync
+  TXS+=("$(since "$t")")
+  echo "bench: round $r: pg_basebackup ${PGB[-1]} s, backup ${BK[-1]} s, restore ${RS[-1]} s, tar -x ${TX[-1]} s, tar -x + sync ${TXS[-1]} s" >&2
+done
+
+# Delta restore: about 5% of the database's bytes new or rewritten (a new table, updates of
+# small tables), a new backup, then `restore --delta` of it into the directory the last round
+# restored (stopped, same cluster) against a full restore of it into a new directory. Delta
+# works per file, as pgBackRest's does: a changed file is rewritten whole.
+echo "bench: changing about 5% of the database for the delta restore" >&2
+ROWS5=$(awk -v b="$DB_BYTES" 'BEGIN {printf "%d", b * 0.05 / 150}')
+psql_t "create table delta5 as select g as id, md5(g::text) || md5((g + 1)::text) as t from generate_series(1, $ROWS5) g" >/dev/null
+psql_t "update pgbench_branches set bbalance = bbalance + 1" >/dev/null
+psql_t "update pgbench_tellers set tbalance = tbalance + 1" >/dev/null
+psql_t "checkpoint" >/dev/null
+$W backup --cluster bench --wait >/dev/null
+DS=(); FS=()
+for r in $(seq 1 "$ROUNDS"); do
+  rm -rf "$WORK/out/full"
+  sync
+  t=$(now)
+  as_pg $W restore --cluster bench latest --target-dir "$WORK/out/full" --jobs 4 >/dev/null
+  FS+=("$(since "$t")")
+  # The directory of the previous backup again, each round: the same 5% to rewrite.
+  rm -rf "$WORK/out/delta"
+  as_pg cp -a "$WORK/out/restore" "$WORK/out/delta"
+  sync
+  t=$(now)
+  as_pg $W --json restore --cluster bench latest --target-dir "$WORK/out/delta" --delta --jobs 4 >"$WORK/delta.json"
+  DS+=("$(since "$t")")
+  DELTA_WRITTEN=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["delta"]; print(d["written_bytes"], d["kept_bytes"])' "$WORK/delta.json")
+  echo "bench: delta round $r: full restore ${FS[-1]} s, restore --delta ${DS[-1]} s (written, kept bytes: $DELTA_WRITTEN)" >&2
 done
 
 mb() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.1f", b / 1e6 / s}'; }
@@ -111,7 +148,15 @@ printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive backup (first)" "$m_bk1" "$(mb "$
 [ "$ROUNDS" -gt 1 ] && printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive backup (unchanged db)" "$m_bkn" "$(mb "$SIZE" "$m_bkn")" "$(awk -v a="$m_bkn" -v b="$m_pgb" 'BEGIN{print a/b}')"
 printf '%-34s %9.2f %9s %9s\n' "tar -xf base.tar" "$m_tx" "$(mb "$SIZE" "$m_tx")" "1.00x"
 printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive restore --jobs 4" "$m_rs" "$(mb "$SIZE" "$m_rs")" "$(awk -v a="$m_rs" -v b="$m_tx" 'BEGIN{print a/b}')"
+m_txs=$(printf '%s\n' "${TXS[@]}" | median)
+printf '%-34s %9.2f %9s %9s\n' "tar -xf base.tar + sync" "$m_txs" "$(mb "$SIZE" "$m_txs")" "1.00x"
+printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive restore (fsynced)" "$m_rs" "$(mb "$SIZE" "$m_rs")" "$(awk -v a="$m_rs" -v b="$m_txs" 'BEGIN{print a/b}')"
+m_fs=$(printf '%s\n' "${FS[@]}" | median)
+m_ds=$(printf '%s\n' "${DS[@]}" | median)
+printf '%-34s %9.2f %9s %9s\n' "full restore (5% changed)" "$m_fs" "" "1.00x"
+printf '%-34s %9.2f %9s %8.2fx\n' "restore --delta (5% changed)" "$m_ds" "" "$(awk -v a="$m_ds" -v b="$m_fs" 'BEGIN{print a/b}')"
+echo "delta restore is $(awk -v a="$m_fs" -v b="$m_ds" 'BEGIN{printf "%.1f", a/b}')x faster than a full restore (target >= 5x); written, kept bytes of the last round: $DELTA_WRITTEN"
 echo
 echo "database files in the backup: $((SIZE >> 20)) MiB; pg_basebackup tar: $((TAR_BYTES >> 20)) MiB"
 echo "first backup stored $((STORED_FIRST >> 20)) MiB ($(awk -v a="$STORED_FIRST" -v b="$SIZE" 'BEGIN{printf "%.1f", 100*a/b}')% of the database); a repeat backup of the unchanged database stored $((STORED_LAST >> 10)) KiB"
-echo "per-round seconds: pg_basebackup [${PGB[*]}] backup [${BK[*]}] restore [${RS[*]}] tar -x [${TX[*]}]"
+echo "per-round seconds: pg_basebackup [${PGB[*]}] backup [${BK[*]}] restore [${RS[*]}] tar -x [${TX[*]}] tar -x + sync [${TXS[*]}] full [${FS[*]}] delta [${DS[*]}]"

@@ -350,3 +350,165 @@ pub struct SwitchWalResponse {
     #[serde(default)]
     pub archived: bool,
 }
+
+/// A physical replication slot on the monitored primary (`pg_replication_slots`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub slot_name: String,
+    /// True while a walsender streams from it.
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+); `None` before the slot
+    /// has reserved any WAL.
+    pub wal_status: Option<String>,
+    pub restart_lsn: Option<String>,
+    /// `pg_current_wal_lsn() - restart_lsn`: WAL the primary keeps for this slot.
+    pub retained_bytes: Option<u64>,
+}
+
+/// A standby (or WAL receiver such as this server's) connected to the monitored primary
+/// (`pg_stat_replication`). Lags are in bytes behind `pg_current_wal_lsn()`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StandbyStatus {
+    pub application_name: String,
+    /// `client_addr`, or `local` for a Unix socket.
+    pub client: String,
+    /// `startup`, `catchup`, `streaming`, `backup` or `stopping`.
+    pub state: String,
+    /// `async`, `potential`, `sync` or `quorum`.
+    pub sync_state: String,
+    pub sent_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    pub sent_lag_bytes: Option<u64>,
+    pub write_lag_bytes: Option<u64>,
+    pub flush_lag_bytes: Option<u64>,
+    pub replay_lag_bytes: Option<u64>,
+    /// PostgreSQL's `replay_lag` (time), in milliseconds.
+    pub replay_lag_ms: Option<u64>,
+}
+
+/// `pg_stat_archiver` of the monitored primary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArchiverStatus {
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+    /// The last attempt failed (a failure newer than the last success).
+    pub failing: bool,
+}
+
+/// What the server read from the cluster's PostgreSQL (`conninfo`) for the status page.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PostgresStatus {
+    /// Why nothing could be read (connection refused, timeout, ...).
+    pub error: Option<String>,
+    pub server_version: Option<String>,
+    pub archiver: Option<ArchiverStatus>,
+    pub slots: Vec<SlotStatus>,
+    pub standbys: Vec<StandbyStatus>,
+}
+
+/// One timeline of the WAL archive, from the catalog's aggregates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimelineStatus {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    /// Segments between `first` and `last` that the archive does not hold.
+    pub missing_segments: u64,
+}
+
+/// WAL stored in one hour (UTC).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalHour {
+    /// `YYYY-MM-DDTHH`.
+    pub hour: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The WAL archive of one cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalArchiveStatus {
+    pub files: u64,
+    /// Uncompressed bytes.
+    pub bytes: u64,
+    /// Bytes in storage (compressed).
+    pub stored_bytes: u64,
+    pub last_segment: Option<String>,
+    /// RFC 3339.
+    pub last_archived_at: Option<String>,
+    pub last_archived_age_seconds: Option<u64>,
+    /// Cataloged files whose object is missing from storage.
+    pub missing: u64,
+    pub timelines: Vec<TimelineStatus>,
+    /// Gaps after the oldest retained backup's begin, as `check` words them (empty: none).
+    pub gaps: Vec<String>,
+    /// The last 48 hours, oldest first; hours without WAL are absent.
+    pub hours: Vec<WalHour>,
+}
+
+/// One backup as the status page shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub id: String,
+    pub status: String,
+    pub timeline: Option<u32>,
+    pub begin_time: String,
+    pub end_time: Option<String>,
+    pub duration_seconds: Option<u64>,
+    pub size_bytes: u64,
+    pub stored_bytes: u64,
+    /// Retention class: `valid`, `obsolete`, `kept`, or `None` without a policy.
+    pub retention: Option<String>,
+    pub keep: bool,
+    /// The newest recovery drill of this backup recorded in the catalog (a `drill` job run);
+    /// `None`: no drill.
+    pub last_drill: Option<JobRun>,
+}
+
+/// One cluster on the status page (`GET /v1/status`, `wal-archive status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub system_identifier: Option<String>,
+    pub wal: WalArchiveStatus,
+    /// The streaming receiver, for a cluster with `streaming = true`.
+    pub receiver: Option<ReceiverStatus>,
+    /// From `conninfo`, when it is set.
+    pub postgres: Option<PostgresStatus>,
+    /// Newest first.
+    pub backups: Vec<BackupStatus>,
+    /// Bytes of the backups' stored files.
+    pub backup_stored_bytes: u64,
+    /// Every line of `check`; the failed ones carry their fix.
+    pub checks: Vec<CheckItem>,
+}
+
+/// The storage the archive writes to.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorageStatus {
+    /// `local` or `s3`.
+    pub kind: String,
+    /// Where: the data directory, or the bucket and prefix.
+    pub location: String,
+    /// Bytes stored by the archive (WAL and backups, compressed).
+    pub used_bytes: u64,
+    /// Free and total bytes of the file system of the data directory.
+    pub free_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+}
+
+/// Answer of `GET /v1/status`: what the status page shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    /// RFC 3339.
+    pub generated_at: String,
+    /// The server's version.
+    pub version: String,
+    pub storage: StorageStatus,
+    pub clusters: Vec<ClusterStatus>,
+}

@@ -66,6 +66,23 @@ pub struct WalStats {
     pub missing: u64,
 }
 
+/// The stored segments of one timeline (`migrations/0007_status_aggregates.sql`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineStats {
+    pub timeline: u32,
+    pub segments: u64,
+    pub first: String,
+    pub last: String,
+}
+
+/// WAL stored in one hour: `YYYY-MM-DDTHH` (UTC), files, bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HourStats {
+    pub hour: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
 /// Result of binding a cluster to a system identifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Binding {
@@ -98,6 +115,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0004_wal_xxh3.sql")),
         M::up(include_str!("../../migrations/0005_wal_stats.sql")),
         M::up(include_str!("../../migrations/0006_jobs.sql")),
+        M::up(include_str!("../../migrations/0007_status_aggregates.sql")),
     ])
 }
 
@@ -388,11 +406,7 @@ impl Catalog {
     /// cluster, however many WAL files.
     pub async fn wal_stats(&self) -> Result<Vec<WalStats>, CatalogError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT cluster, files, bytes, stored_bytes, last_segment, last_archived_at,
-                        missing
-                 FROM wal_stats ORDER BY cluster",
-            )?;
+            let mut stmt = c.prepare_cached(WAL_STATS_SQL)?;
             let rows = stmt.query_map([], |r| {
                 Ok(WalStats {
                     cluster: r.get(0)?,
@@ -437,6 +451,73 @@ impl Catalog {
         .await
     }
 
+    /// Every timeline with stored segments: the count the triggers of
+    /// `migrations/0007_status_aggregates.sql` keep, and its first and last segment, each found
+    /// by a walk of the primary key from one end of the timeline's name range (history,
+    /// `.partial` and `.backup` names there are stepped over).
+    pub async fn wal_timelines(&self, cluster: &str) -> Result<Vec<TimelineStats>, CatalogError> {
+        let cluster = cluster.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(TIMELINES_SQL)?;
+            let counts = stmt
+                .query_map(params![cluster], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, u64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(counts.len());
+            for (timeline, segments) in counts {
+                let (from, to) = timeline_name_range(timeline);
+                let end = |order: &str| -> Result<Option<String>, CatalogError> {
+                    Ok(c.prepare_cached(&timeline_end_sql(order))?
+                        .query_row(params![cluster, from, to], |r| r.get(0))
+                        .optional()?)
+                };
+                if let (Some(first), Some(last)) = (end("ASC")?, end("DESC")?) {
+                    out.push(TimelineStats {
+                        timeline,
+                        segments,
+                        first,
+                        last,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// WAL stored per hour from `since_hour` (`YYYY-MM-DDTHH`) on, oldest first: a range of
+    /// the `wal_hours` aggregate, at most one row per hour.
+    pub async fn wal_hours(
+        &self,
+        cluster: &str,
+        since_hour: &str,
+    ) -> Result<Vec<HourStats>, CatalogError> {
+        let (cluster, since) = (cluster.to_string(), since_hour.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(WAL_HOURS_SQL)?;
+            let rows = stmt.query_map(params![cluster, since], |r| {
+                Ok(HourStats {
+                    hour: r.get(0)?,
+                    files: r.get(1)?,
+                    bytes: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The names of every cluster the catalog knows.
+    pub async fn cluster_names(&self) -> Result<Vec<String>, CatalogError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT name FROM clusters ORDER BY name")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
     pub async fn set_wal_state(
         &self,
         cluster: &str,
@@ -453,6 +534,27 @@ impl Catalog {
         })
         .await
     }
+}
+
+const WAL_STATS_SQL: &str = "SELECT cluster, files, bytes, stored_bytes, last_segment, \
+    last_archived_at, missing FROM wal_stats ORDER BY cluster";
+const TIMELINES_SQL: &str = "SELECT timeline, segments FROM wal_timelines \
+    WHERE cluster = ?1 AND segments > 0 ORDER BY timeline";
+const WAL_HOURS_SQL: &str = "SELECT hour, files, bytes FROM wal_hours \
+    WHERE cluster = ?1 AND hour >= ?2 AND files > 0 ORDER BY hour";
+
+/// The first (`ASC`) or last (`DESC`) segment of a timeline's name range.
+fn timeline_end_sql(order: &str) -> String {
+    format!(
+        "SELECT name FROM wal_files WHERE cluster = ?1 AND name >= ?2 AND name < ?3 \
+         AND kind = 'segment' AND state = 'ok' ORDER BY name {order} LIMIT 1"
+    )
+}
+
+/// The names of timeline `tli`'s files lie in `[TTTTTTTT, TTTTTTTT~)`: `~` sorts after every
+/// hex digit and `.`.
+fn timeline_name_range(tli: u32) -> (String, String) {
+    (format!("{tli:08X}"), format!("{tli:08X}~"))
 }
 
 const WAL_SELECT: &str = "SELECT cluster, name, kind, timeline, size, sha256, stored_size, \
@@ -709,6 +811,120 @@ mod tests {
         .await
         .expect("delete");
         assert_eq!(kept(&cat).await, recount(&cat).await);
+    }
+
+    /// The timeline and hourly aggregates (0007) equal a count over the rows after inserts,
+    /// state changes and deletes.
+    #[tokio::test]
+    async fn status_aggregates_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        for i in 0..20u64 {
+            let tli = if i < 12 { 1 } else { 2 };
+            let mut r = row(&format!("{tli:08X}00000000{i:08X}"));
+            r.timeline = tli;
+            r.archived_at = format!("2026-01-01T{:02}:30:00Z", i / 5);
+            if i == 7 {
+                r.kind = "partial".into();
+                r.name = format!("{}.partial", r.name);
+            }
+            assert!(cat.insert_wal(r).await.expect("insert"));
+        }
+        let mut history = row("00000002.history");
+        history.kind = "history".into();
+        history.timeline = 2;
+        assert!(cat.insert_wal(history).await.expect("insert"));
+        cat.set_wal_state("main", "000000010000000000000003", "missing")
+            .await
+            .expect("missing");
+        cat.call(|c| {
+            c.execute(
+                "DELETE FROM wal_files WHERE name IN ('000000010000000000000000', \
+                 '000000020000000000000013')",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("delete");
+
+        let tl = cat.wal_timelines("main").await.expect("timelines");
+        let counted: Vec<(u32, u64, String, String)> = cat
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT timeline, count(*), min(name), max(name) FROM wal_files
+                     WHERE kind = 'segment' AND state = 'ok' GROUP BY timeline ORDER BY timeline",
+                )?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .expect("recount");
+        let kept: Vec<(u32, u64, String, String)> = tl
+            .into_iter()
+            .map(|t| (t.timeline, t.segments, t.first, t.last))
+            .collect();
+        assert_eq!(kept, counted);
+        assert_eq!(
+            kept[0].1, 9,
+            "12 on timeline 1, less a partial, a missing, a deleted one"
+        );
+
+        let hours = cat.wal_hours("main", "2026-01-01T01").await.expect("hours");
+        let counted: Vec<HourStats> = cat
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT substr(archived_at, 1, 13), count(*), sum(size) FROM wal_files
+                     WHERE kind IN ('segment', 'partial') AND archived_at >= '2026-01-01T01'
+                     GROUP BY 1 ORDER BY 1",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(HourStats {
+                        hour: r.get(0)?,
+                        files: r.get(1)?,
+                        bytes: r.get(2)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .expect("recount");
+        assert_eq!(hours, counted);
+        assert_eq!(hours.len(), 3);
+    }
+
+    /// What the status page and `check` read of the WAL catalog is found through indexes: no
+    /// query plan scans `wal_files`.
+    #[tokio::test]
+    async fn status_queries_never_scan_the_wal_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        let queries = [
+            TIMELINES_SQL.to_string(),
+            timeline_end_sql("ASC"),
+            timeline_end_sql("DESC"),
+            WAL_HOURS_SQL.to_string(),
+            WAL_STATS_SQL.to_string(),
+        ];
+        for q in queries {
+            let explain = format!("EXPLAIN QUERY PLAN {q}");
+            let plan: Vec<String> = cat
+                .read(move |c| {
+                    let mut stmt = c.prepare(&explain)?;
+                    // Parameters are NULL: the plan does not depend on their values.
+                    let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+                .expect("plan");
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN wal_files")),
+                "{q}: {plan:?}"
+            );
+        }
     }
 
     #[tokio::test]

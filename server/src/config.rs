@@ -127,6 +127,9 @@ pub struct ClusterConfig {
     pub application_name: Option<String>,
     /// Lag of the receiver, in bytes, above which `check` fails (default 64 MiB).
     pub max_lag_bytes: Option<u64>,
+    /// `check` fails when an inactive physical slot on the primary retains more WAL than this
+    /// (PostgreSQL's units: `512MB`, `1GB`, or bytes; default [`DEFAULT_MAX_SLOT_RETAINED`]).
+    pub max_slot_retained: Option<String>,
     /// Longest wait between two reconnection attempts of the receiver, in seconds (default 30;
     /// the wait doubles from 1 s up to this).
     pub reconnect_max_delay: Option<u64>,
@@ -168,6 +171,43 @@ pub const DEFAULT_RECEIVER_TIMEOUT: u64 = 60;
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 64;
 pub const DEFAULT_APPLICATION_NAME: &str = "wal_archive";
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 64 << 20;
+pub const DEFAULT_MAX_SLOT_RETAINED: &str = "1GB";
+
+impl ClusterConfig {
+    /// `max_slot_retained` in bytes (validated when the configuration was loaded).
+    pub fn max_slot_retained_bytes(&self) -> u64 {
+        self.max_slot_retained
+            .as_deref()
+            .and_then(|s| parse_size(s).ok())
+            .or_else(|| parse_size(DEFAULT_MAX_SLOT_RETAINED).ok())
+            .unwrap_or(1 << 30)
+    }
+}
+
+/// A size as PostgreSQL writes it in postgresql.conf: a number and a unit `B`, `kB`, `MB`,
+/// `GB` or `TB` (multiples of 1024, as PostgreSQL counts them; `KiB`, `MiB`, ... too), or bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as \"1GB\" or \"512MB\""))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kb" | "kib" => 10,
+        "mb" | "mib" => 20,
+        "gb" | "gib" => 30,
+        "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: the unit must be B, kB, MB, GB or TB (as in postgresql.conf)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -179,6 +219,7 @@ impl Default for ClusterConfig {
             synchronous: false,
             application_name: None,
             max_lag_bytes: None,
+            max_slot_retained: None,
             reconnect_max_delay: None,
             receiver_timeout: None,
             backup_schedule: None,
@@ -360,6 +401,11 @@ impl Config {
                         ))
                     })?;
                 }
+            }
+            if let Some(v) = &c.max_slot_retained {
+                parse_size(v).map_err(|e| {
+                    ConfigError::Invalid(format!("clusters.{name}.max_slot_retained: {e}"))
+                })?;
             }
             if !(1..=22).contains(&c.compression_level) {
                 return Err(ConfigError::Invalid(format!(
@@ -601,6 +647,23 @@ compression_level = 3
         let err = Config::from_toml(&text, &Overrides::default()).expect_err("refused");
         assert!(err.to_string().contains("old_key_files"), "{err}");
         assert!(Config::from_toml("[encryption]\nkey = \"x\"", &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn sizes_as_postgresql_writes_them() {
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 MB"), Ok(512 << 20));
+        assert_eq!(parse_size("64kB"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "GB", "1 XB", "-1GB", "99999999999TB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert!(Config::from_toml(
+            "[clusters.main]\nmax_slot_retained = \"lots\"",
+            &Overrides::default()
+        )
+        .is_err());
+        assert_eq!(ClusterConfig::default().max_slot_retained_bytes(), 1 << 30);
     }
 
     #[test]

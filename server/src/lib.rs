@@ -14,6 +14,7 @@ pub mod meta;
 pub mod metrics;
 pub mod rebuild;
 pub mod state;
+pub mod status;
 pub mod storage;
 pub mod streaming;
 pub mod wal;

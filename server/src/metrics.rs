@@ -154,3 +154,62 @@ pub fn set_backup_gauges(g: &BackupGauges<'_>) {
         metrics::gauge!("wal_archive_last_backup_stored_bytes", "cluster" => c).set(stored as f64);
     }
 }
+
+/// What `/metrics` read from a cluster's primary: its physical slots and standbys, or why it
+/// could not (`wal_archive_postgres_up` 0).
+pub fn set_replication_gauges(
+    cluster: &str,
+    seen: &Result<(Vec<pgwal::api::SlotStatus>, Vec<pgwal::api::StandbyStatus>), String>,
+) {
+    let c = cluster.to_string();
+    metrics::gauge!("wal_archive_postgres_up", "cluster" => c.clone()).set(if seen.is_ok() {
+        1.0
+    } else {
+        0.0
+    });
+    let Ok((slots, standbys)) = seen else {
+        return;
+    };
+    for s in slots {
+        let labels = [("cluster", c.clone()), ("slot", s.slot_name.clone())];
+        metrics::gauge!("wal_archive_slot_active", &labels).set(if s.active { 1.0 } else { 0.0 });
+        if let Some(b) = s.retained_bytes {
+            metrics::gauge!("wal_archive_slot_retained_bytes", &labels).set(b as f64);
+        }
+        metrics::gauge!(
+            "wal_archive_slot_wal_status",
+            "cluster" => c.clone(),
+            "slot" => s.slot_name.clone(),
+            "wal_status" => s.wal_status.clone().unwrap_or_else(|| "none".into())
+        )
+        .set(1.0);
+    }
+    for s in standbys {
+        for (kind, lag) in [
+            ("sent", s.sent_lag_bytes),
+            ("write", s.write_lag_bytes),
+            ("flush", s.flush_lag_bytes),
+            ("replay", s.replay_lag_bytes),
+        ] {
+            if let Some(lag) = lag {
+                metrics::gauge!(
+                    "wal_archive_standby_lag_bytes",
+                    "cluster" => c.clone(),
+                    "application_name" => s.application_name.clone(),
+                    "client" => s.client.clone(),
+                    "kind" => kind
+                )
+                .set(lag as f64);
+            }
+        }
+        if let Some(ms) = s.replay_lag_ms {
+            metrics::gauge!(
+                "wal_archive_standby_replay_lag_seconds",
+                "cluster" => c.clone(),
+                "application_name" => s.application_name.clone(),
+                "client" => s.client.clone()
+            )
+            .set(ms as f64 / 1000.0);
+        }
+    }
+}

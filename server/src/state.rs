@@ -18,3 +18,20 @@ pub struct AppState {
     /// Progress of the jobs running here.
     pub jobs: crate::jobs::runs::LiveJobs,
 }
+
+impl AppState {
+    /// The state of `cluster`'s streaming receiver (`disabled` when it has none).
+    pub fn receiver_status(&self, cluster: &str) -> pgwal::api::ReceiverStatus {
+        match self
+            .receivers
+            .get(cluster)
+            .and_then(|s| s.lock().ok().map(|s| s.clone()))
+        {
+            Some(s) => s,
+            None => pgwal::api::ReceiverStatus {
+                state: "disabled".into(),
+                ..Default::default()
+            },
+        }
+    }
+}

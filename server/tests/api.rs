@@ -22,6 +22,8 @@
 //! - `uploads_beyond_the_limit_are_told_to_retry`: with `max_concurrent_uploads = 1`, a second
 //!   upload while one is in progress gets 503 with `Retry-After`, and succeeds afterwards.
 //! - `metrics_can_require_a_token`: 401 without one, 200 with any valid token.
+//! - `the_status_page_is_authorised_like_the_read_api`: `/` and `/v1/status` need a token that
+//!   may read, and show only the clusters of its list.
 //! - `second_partial_with_the_same_wal_is_accepted`: two `.partial` files of one name that agree
 //!   up to the switch point (from the timeline history, else up to where one is zero-filled)
 //!   are the same WAL: 200; one that differs before it is 409.
@@ -1190,4 +1192,65 @@ async fn metrics_can_require_a_token() {
         .body(Body::empty())
         .expect("request");
     assert_eq!(call(&env, req).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_is_authorised_like_the_read_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reader = pgwal::checksum::sha256_hex(b"reader-secret");
+    let archiver = pgwal::checksum::sha256_hex(b"archiver-secret");
+    let text = format!(
+        "[[tokens]]\nname = \"r\"\nsecret_sha256 = \"{reader}\"\nrole = \"reader\"\n\
+         clusters = [\"main\"]\n[[tokens]]\nname = \"a\"\nsecret_sha256 = \"{archiver}\"\n\
+         role = \"archiver\"\n[clusters.main]\n[clusters.other]\n"
+    );
+    let env = match env_with(dir, Arc::new(FaultPlan::default()), &text).await {
+        Ok(env) => env,
+        Err((e, _)) => panic!("{e:#}"),
+    };
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(Body::empty()).expect("request")
+    };
+    for path in ["/", "/v1/status", "/v1/clusters/main/status"] {
+        assert_eq!(
+            call(&env, get(path, None)).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            call(&env, get(path, Some("archiver-secret"))).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    // A reader sees the clusters of its list only.
+    let r = call(&env, get("/v1/status", Some("reader-secret"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let report: pgwal::api::StatusReport = serde_json::from_slice(&r.body).expect("report");
+    let names: Vec<&str> = report.clusters.iter().map(|c| c.cluster.as_str()).collect();
+    assert_eq!(names, ["main"]);
+    assert_eq!(
+        call(
+            &env,
+            get("/v1/clusters/other/status", Some("reader-secret"))
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let page = call(&env, get("/", Some("reader-secret"))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        page.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/html; charset=utf-8")
+    );
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(html.contains("data-cluster=\"main\""), "{html}");
+    assert!(!html.contains("data-cluster=\"other\""), "{html}");
 }

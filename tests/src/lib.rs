@@ -28,6 +28,10 @@
 //! - `push_test.rs`: `push --test`, archive_command's dry run: ok only for a token that may push
 //!   to the cluster; each refusal, a server that is not the archive or is down, said as such;
 //!   nothing stored.
+//! - `replication.rs`: a real standby's slot goes inactive while the primary writes: `check`
+//!   fails naming the slot once it retains more than `max_slot_retained`; `/metrics` shows it.
+//! - `status_page.rs`: the status page with real data (WAL, two backups, one kept, an idle
+//!   slot) loaded in headless Chromium; its DOM shows what `/v1/status` says; a screenshot.
 //! - `lookahead.rs`: look-ahead push; a stale acknowledgement record never yields a false 0; a
 //!   backlog of `.ready` segments archived mostly from records.
 //! - `faults.rs`: faults and bad inputs, with the promises they test stated in its header:

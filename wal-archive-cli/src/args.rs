@@ -139,6 +139,14 @@ pub enum Command {
         #[arg(long)]
         nagios: bool,
     },
+    /// What the server's status page shows: per cluster the newest WAL and its age, gaps, the
+    /// receiver, slots and standbys, backups, and the failed checks with their fix (exit 1 when
+    /// a check fails).
+    Status {
+        /// Only this cluster [default: every cluster the token may read].
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Show the archive's timelines, contiguous WAL ranges and gaps.
     Wal {
         #[arg(long)]

@@ -161,6 +161,24 @@ fn main() -> ExitCode {
             }
             Err(e) => fail("switch-wal", &e),
         },
+        Command::Status { cluster } => match ops::status::report(&client, cluster.as_deref()) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    ops::status::print_human(&r);
+                }
+                if ops::status::all_ok(&r) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("wal-archive status: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Wal { cluster } => match wal::report(&client, &cluster) {
             Ok(r) => {
                 if json {

@@ -116,6 +116,31 @@ impl Authorizer {
             })
     }
 
+    /// Which of `clusters` the request may read (listings and status): all of them in open
+    /// mode, else those of the token's list. 401 without a known token, 403 for a role that may
+    /// not read.
+    pub fn readable(
+        &self,
+        authorization: Option<&str>,
+        clusters: &[String],
+    ) -> Result<Vec<String>, AuthError> {
+        if self.is_open() {
+            return Ok(clusters.to_vec());
+        }
+        let t = self.token(authorization)?;
+        if !role_allows(t.role, Operation::Read) {
+            return Err(AuthError::Forbidden(format!(
+                "token {:?} has role {:?}, which may not read",
+                t.name, t.role
+            )));
+        }
+        Ok(clusters
+            .iter()
+            .filter(|c| t.clusters.as_ref().is_none_or(|l| l.contains(c)))
+            .cloned()
+            .collect())
+    }
+
     /// Checks an `Authorization` header value for `op` on `cluster`. Returns the token's name
     /// (for logs) or `None` in open mode.
     pub fn check(
@@ -203,6 +228,25 @@ mod tests {
         ));
         assert!(a.check(Some("Bearer s2"), "any", Operation::Fetch).is_ok());
         assert!(a.check(Some("Bearer s3"), "any", Operation::Admin).is_ok());
+    }
+
+    #[test]
+    fn readable_clusters() {
+        let a = Authorizer::new(&[
+            token("arch", "s1", Role::Archiver, None),
+            token("read", "s2", Role::Reader, Some(vec!["main"])),
+        ]);
+        let all = vec!["main".to_string(), "other".to_string()];
+        assert!(matches!(
+            a.readable(None, &all),
+            Err(AuthError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            a.readable(Some("Bearer s1"), &all),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert_eq!(a.readable(Some("Bearer s2"), &all), Ok(vec!["main".into()]));
+        assert_eq!(Authorizer::new(&[]).readable(None, &all), Ok(all));
     }
 
     #[test]

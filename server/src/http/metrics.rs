@@ -1,5 +1,6 @@
 //! `/healthz` and Prometheus `/metrics`: the counters and histograms [`crate::metrics`] records
-//! as requests and jobs happen, and state gauges computed at each scrape.
+//! as requests and jobs happen, and state gauges computed at each scrape: from the catalog and
+//! the receivers, and, for a cluster with `conninfo`, its primary's physical slots and standbys.
 
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{ApiError, HttpState};
+
+/// The longest a scrape waits for one cluster's PostgreSQL.
+const PG_SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -24,7 +28,8 @@ async fn healthz() -> &'static str {
 /// Prometheus text format. Open like `/healthz` unless `metrics_require_token` (it names
 /// clusters and WAL files, never data). It reads one aggregate row per cluster (no scan of the
 /// WAL catalog) on the catalog's reading connection, so a scrape costs the same with a million
-/// WAL files as with ten and never holds up ingest.
+/// WAL files as with ten and never holds up ingest; a cluster with `conninfo` adds one bounded
+/// query of its primary's slots and standbys.
 async fn metrics_text(
     State(state): State<Arc<HttpState>>,
     headers: axum::http::HeaderMap,
@@ -72,6 +77,17 @@ async fn metrics_text(
             receiver_streaming: receiver.as_ref().map(|r| r.state == "streaming"),
         });
         set_backup_gauges(&state, cluster).await;
+    }
+    // Slots and standbys of every cluster with a conninfo, each bounded in time so that an
+    // unreachable primary slows a scrape by at most that much.
+    for (cluster, cfg) in &state.config.clusters {
+        if cfg.conninfo.is_some() {
+            let seen = crate::jobs::replication::observe(cfg, cluster, PG_SCRAPE_TIMEOUT).await;
+            if let Err(e) = &seen {
+                tracing::warn!(cluster, "/metrics: cannot read replication state: {e}");
+            }
+            crate::metrics::set_replication_gauges(cluster, &seen);
+        }
     }
     let mut r = handle.render().into_response();
     r.headers_mut().insert(

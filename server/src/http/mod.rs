@@ -7,12 +7,14 @@
 //! - `backup.rs`: base backups, their files, manifests and blobs;
 //! - `ops.rs`: retention, jobs, switch-wal;
 //! - `metrics.rs`: `/healthz` and Prometheus `/metrics`;
+//! - `status.rs`: the status page (`/`) and its JSON (`/v1/status`), `status/page.rs` its HTML;
 //! - `auth.rs`: tokens and roles; `tls.rs`: HTTPS.
 
 pub mod auth;
 mod backup;
 mod metrics;
 mod ops;
+mod status;
 pub mod tls;
 mod wal;
 
@@ -56,6 +58,7 @@ pub fn router(app: Arc<AppState>, auth: auth::Authorizer) -> Router {
         .merge(wal::routes())
         .merge(backup::routes())
         .merge(ops::routes())
+        .merge(status::routes())
         .with_state(Arc::new(HttpState {
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 app.config.max_concurrent_uploads,

@@ -559,21 +559,7 @@ async fn receiver_status(
     headers: HeaderMap,
 ) -> Result<Json<pgwal::api::ReceiverStatus>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
-    Ok(Json(current_receiver(&state, &cluster)))
-}
-
-fn current_receiver(state: &HttpState, cluster: &str) -> pgwal::api::ReceiverStatus {
-    match state
-        .receivers
-        .get(cluster)
-        .and_then(|s| s.lock().ok().map(|s| s.clone()))
-    {
-        Some(s) => s,
-        None => pgwal::api::ReceiverStatus {
-            state: "disabled".into(),
-            ..Default::default()
-        },
-    }
+    Ok(Json(state.receiver_status(&cluster)))
 }
 
 async fn check(
@@ -581,105 +567,7 @@ async fn check(
     Path(cluster): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<pgwal::api::CheckReport>, ApiError> {
-    use pgwal::api::CheckItem;
     authorize(&state, &headers, &cluster, Operation::Read)?;
-    let internal = |e: crate::catalog::CatalogError| ApiError::from(ArchiveError::Catalog(e));
-    let mut checks = vec![CheckItem {
-        name: "server".into(),
-        ok: true,
-        message: "reachable and authorised".into(),
-        hint: None,
-    }];
-    let catalog = &state.archive.catalog;
-    let stats = catalog.cluster_stats(&cluster).await.map_err(internal)?;
-    checks.push(match stats.as_ref().and_then(|s| s.last_segment.as_ref().zip(s.last_archived_at.as_ref())) {
-        Some((name, at)) => CheckItem {
-            name: "wal archive".into(),
-            ok: true,
-            message: format!(
-                "{} files; newest segment {name} stored at {at}",
-                stats.as_ref().map_or(0, |s| s.files)
-            ),
-            hint: None,
-        },
-        None => CheckItem {
-            name: "wal archive".into(),
-            ok: false,
-            message: "no WAL segment archived yet".into(),
-            hint: Some(format!(
-                "set archive_command = 'wal-archive push --cluster {cluster} %p' or streaming = true"
-            )),
-        },
-    });
-    let missing = stats.as_ref().map_or(0, |s| s.missing);
-    let shown = if missing > 0 {
-        catalog.missing_wal(&cluster, 20).await.map_err(internal)?
-    } else {
-        Vec::new()
-    };
-    checks.push(CheckItem {
-        name: "storage".into(),
-        ok: missing == 0,
-        message: if missing == 0 {
-            "every cataloged file has its object".into()
-        } else {
-            format!(
-                "{missing} cataloged files have no object: {}{}",
-                shown.join(", "),
-                if missing > shown.len() as u64 {
-                    ", ..."
-                } else {
-                    ""
-                }
-            )
-        },
-        hint: (missing > 0).then(|| "restore the objects, or push the same files again".into()),
-    });
-    let cfg = state.config.cluster(&cluster);
-    if cfg.streaming {
-        let r = current_receiver(&state, &cluster);
-        let slot = r.slot.clone().unwrap_or_default();
-        checks.push(CheckItem {
-            name: "receiver".into(),
-            ok: r.state == "streaming",
-            message: match &r.reason {
-                Some(reason) => format!("{} since {}: {reason}", r.state, r.since),
-                None => format!(
-                    "{} since {} (timeline {})",
-                    r.state,
-                    r.since,
-                    r.timeline.map_or("?".into(), |t| t.to_string())
-                ),
-            },
-            hint: r.hint.clone(),
-        });
-        checks.push(CheckItem {
-            name: "replication slot".into(),
-            ok: r.slot_active,
-            message: format!("slot {slot} {}", if r.slot_active { "active" } else { "not in use by the receiver" }),
-            hint: (!r.slot_active).then(|| "see the receiver line above; the slot retains WAL on the primary until the receiver streams again".into()),
-        });
-        let max = cfg
-            .max_lag_bytes
-            .unwrap_or(crate::config::DEFAULT_MAX_LAG_BYTES);
-        let lag_ok = r.lag_bytes.is_some_and(|l| l <= max);
-        checks.push(CheckItem {
-            name: "receiver lag".into(),
-            ok: lag_ok,
-            message: match r.lag_bytes {
-                Some(l) => format!(
-                    "{l} bytes behind the server (flushed {}, server {})",
-                    r.flushed_lsn.unwrap_or_default(),
-                    r.server_lsn.unwrap_or_default()
-                ),
-                None => "unknown: nothing received yet".into(),
-            },
-            hint: (!lag_ok).then(|| {
-                format!("lag above {max} bytes: check the receiver and the archive's disk")
-            }),
-        });
-    }
-    crate::jobs::checks::postgres_checks(&state, &cluster, &mut checks).await;
-    crate::jobs::checks::archive_checks(&state, &cluster, &mut checks).await;
+    let (checks, _) = crate::jobs::checks::run(&state, &cluster).await?;
     Ok(Json(pgwal::api::CheckReport { cluster, checks }))
 }

@@ -1,13 +1,17 @@
 //! The checks of `GET /v1/clusters/{c}/check` beyond the archive's own state: the monitored
 //! PostgreSQL (connection, privileges, `wal_level`, archiving settings and failures, system
-//! identifier), the backups (age, `minimum_redundancy`, the newest one failed), WAL continuity
+//! identifier, replication slots and standbys through [`super::replication`]), the backups (age, `minimum_redundancy`, the newest one failed), WAL continuity
 //! from the oldest retained backup, the newest WAL's age, and free space. Every failed line has a
 //! hint saying what to do. Also `pg_switch_wal()` for `POST /v1/clusters/{c}/switch-wal`.
+//!
+//! Cost: the PostgreSQL part is bounded by [`PG_CHECK_TIMEOUT`]; the catalog part reads
+//! aggregates (`wal_stats`, `wal_timelines`) and primary-key lookups, and lists WAL names only
+//! when the aggregates show a gap, to say where it is.
 
 use std::time::{Duration, SystemTime};
 
 use pgrepl::{ConnInfo, ReplError, ReplicationConnection};
-use pgwal::api::CheckItem;
+use pgwal::api::{ArchiverStatus, CheckItem, PostgresStatus};
 use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 
@@ -78,30 +82,146 @@ fn col(r: &[Option<String>], i: usize) -> String {
     r.get(i).cloned().flatten().unwrap_or_default()
 }
 
-/// Appends the PostgreSQL checks; one OK line when the cluster has no conninfo.
-pub async fn postgres_checks(state: &AppState, cluster: &str, checks: &mut Vec<CheckItem>) {
+/// Every line of `check` for `cluster`: the archive's own state (newest WAL, storage, the
+/// receiver), then PostgreSQL through `conninfo`, then backups, WAL continuity and free space.
+/// Also returns what was read from PostgreSQL, for the status page.
+pub async fn run(
+    state: &AppState,
+    cluster: &str,
+) -> Result<(Vec<CheckItem>, Option<PostgresStatus>), crate::catalog::CatalogError> {
+    let mut checks = vec![CheckItem {
+        name: "server".into(),
+        ok: true,
+        message: "reachable and authorised".into(),
+        hint: None,
+    }];
+    let catalog = &state.archive.catalog;
+    let stats = catalog.cluster_stats(cluster).await?;
+    checks.push(match stats.as_ref().and_then(|s| s.last_segment.as_ref().zip(s.last_archived_at.as_ref())) {
+        Some((name, at)) => CheckItem {
+            name: "wal archive".into(),
+            ok: true,
+            message: format!(
+                "{} files; newest segment {name} stored at {at}",
+                stats.as_ref().map_or(0, |s| s.files)
+            ),
+            hint: None,
+        },
+        None => CheckItem {
+            name: "wal archive".into(),
+            ok: false,
+            message: "no WAL segment archived yet".into(),
+            hint: Some(format!(
+                "set archive_command = 'wal-archive push --cluster {cluster} %p' or streaming = true"
+            )),
+        },
+    });
+    let missing = stats.as_ref().map_or(0, |s| s.missing);
+    let shown = if missing > 0 {
+        catalog.missing_wal(cluster, 20).await?
+    } else {
+        Vec::new()
+    };
+    checks.push(CheckItem {
+        name: "storage".into(),
+        ok: missing == 0,
+        message: if missing == 0 {
+            "every cataloged file has its object".into()
+        } else {
+            format!(
+                "{missing} cataloged files have no object: {}{}",
+                shown.join(", "),
+                if missing > shown.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )
+        },
+        hint: (missing > 0).then(|| "restore the objects, or push the same files again".into()),
+    });
+    let cfg = state.config.cluster(cluster);
+    if cfg.streaming {
+        let r = state.receiver_status(cluster);
+        let slot = r.slot.clone().unwrap_or_default();
+        checks.push(CheckItem {
+            name: "receiver".into(),
+            ok: r.state == "streaming",
+            message: match &r.reason {
+                Some(reason) => format!("{} since {}: {reason}", r.state, r.since),
+                None => format!(
+                    "{} since {} (timeline {})",
+                    r.state,
+                    r.since,
+                    r.timeline.map_or("?".into(), |t| t.to_string())
+                ),
+            },
+            hint: r.hint.clone(),
+        });
+        checks.push(CheckItem {
+            name: "replication slot".into(),
+            ok: r.slot_active,
+            message: format!("slot {slot} {}", if r.slot_active { "active" } else { "not in use by the receiver" }),
+            hint: (!r.slot_active).then(|| "see the receiver line above; the slot retains WAL on the primary until the receiver streams again".into()),
+        });
+        let max = cfg
+            .max_lag_bytes
+            .unwrap_or(crate::config::DEFAULT_MAX_LAG_BYTES);
+        let lag_ok = r.lag_bytes.is_some_and(|l| l <= max);
+        checks.push(CheckItem {
+            name: "receiver lag".into(),
+            ok: lag_ok,
+            message: match r.lag_bytes {
+                Some(l) => format!(
+                    "{l} bytes behind the server (flushed {}, server {})",
+                    r.flushed_lsn.unwrap_or_default(),
+                    r.server_lsn.unwrap_or_default()
+                ),
+                None => "unknown: nothing received yet".into(),
+            },
+            hint: (!lag_ok).then(|| {
+                format!("lag above {max} bytes: check the receiver and the archive's disk")
+            }),
+        });
+    }
+    let seen = postgres_checks(state, cluster, &mut checks).await;
+    archive_checks(state, cluster, &mut checks).await;
+    Ok((checks, seen))
+}
+
+/// Appends the PostgreSQL checks (one OK line when the cluster has no conninfo) and returns
+/// what was read for the status page: `None` without conninfo.
+pub async fn postgres_checks(
+    state: &AppState,
+    cluster: &str,
+    checks: &mut Vec<CheckItem>,
+) -> Option<PostgresStatus> {
     let cfg = state.config.cluster(cluster);
     if cfg.conninfo.is_none() {
         checks.push(ok(
             "PostgreSQL",
             "no conninfo: PostgreSQL checks skipped".into(),
         ));
-        return;
+        return None;
     }
     let mut found = Vec::new();
+    let mut seen = PostgresStatus::default();
     let result = tokio::time::timeout(
         PG_CHECK_TIMEOUT,
-        pg_checks(state, cluster, &cfg, &mut found),
+        pg_checks(state, cluster, &cfg, &mut found, &mut seen),
     )
     .await;
     checks.extend(found);
     if result.is_err() {
+        let message = format!("no answer within {PG_CHECK_TIMEOUT:?}");
+        seen.error.get_or_insert(message.clone());
         checks.push(failed(
             "PostgreSQL",
-            format!("no answer within {PG_CHECK_TIMEOUT:?}"),
+            message,
             "check that PostgreSQL is running and reachable from the archive server".into(),
         ));
     }
+    Some(seen)
 }
 
 async fn pg_checks(
@@ -109,10 +229,12 @@ async fn pg_checks(
     cluster: &str,
     cfg: &ClusterConfig,
     checks: &mut Vec<CheckItem>,
+    seen: &mut PostgresStatus,
 ) {
     let ci = match conninfo(cfg, cluster) {
         Ok(ci) => ci,
         Err(m) => {
+            seen.error = Some(m.clone());
             checks.push(failed(
                 "PostgreSQL",
                 m,
@@ -126,14 +248,13 @@ async fn pg_checks(
         Ok(c) => c,
         Err(e) => {
             let (m, hint) = describe(&e);
-            checks.push(failed(
-                "PostgreSQL",
-                format!("cannot connect to {target}: {m}"),
-                hint,
-            ));
+            let message = format!("cannot connect to {target}: {m}");
+            seen.error = Some(message.clone());
+            checks.push(failed("PostgreSQL", message, hint));
             return;
         }
     };
+    seen.server_version = conn.parameter("server_version").map(str::to_string);
     checks.push(ok(
         "PostgreSQL",
         format!(
@@ -142,8 +263,9 @@ async fn pg_checks(
             conn.user()
         ),
     ));
-    if let Err(e) = queries(state, cluster, cfg, &mut conn, checks).await {
+    if let Err(e) = queries(state, cluster, cfg, &mut conn, checks, seen).await {
         let (m, hint) = describe(&e);
+        seen.error = Some(m.clone());
         checks.push(failed("PostgreSQL queries", m, hint));
     }
     conn.close().await;
@@ -155,6 +277,7 @@ async fn queries(
     cfg: &ClusterConfig,
     conn: &mut ReplicationConnection,
     checks: &mut Vec<CheckItem>,
+    seen: &mut PostgresStatus,
 ) -> Result<(), ReplError> {
     let user = conn.user().to_string();
     let r = row(
@@ -227,10 +350,20 @@ async fn queries(
         conn,
         "SELECT failed_count, last_failed_wal, last_failed_time, last_archived_wal, \
          last_archived_time, (last_failed_time IS NOT NULL AND (last_archived_time IS NULL OR \
-         last_failed_time > last_archived_time)) FROM pg_catalog.pg_stat_archiver",
+         last_failed_time > last_archived_time)), archived_count FROM pg_catalog.pg_stat_archiver",
     )
     .await?;
     let failing = col(&r, 5) == "t";
+    let some = |i: usize| Some(col(&r, i)).filter(|v| !v.is_empty());
+    seen.archiver = Some(ArchiverStatus {
+        archived_count: col(&r, 6).parse().unwrap_or(0),
+        last_archived_wal: some(3),
+        last_archived_time: some(4),
+        failed_count: col(&r, 0).parse().unwrap_or(0),
+        last_failed_wal: some(1),
+        last_failed_time: some(2),
+        failing,
+    });
     let last_ok = match col(&r, 3) {
         s if s.is_empty() => "none yet".to_string(),
         s => format!("{s} at {}", col(&r, 4)),
@@ -305,6 +438,11 @@ async fn queries(
             ),
         ),
     });
+
+    seen.slots = super::replication::slots(conn).await?;
+    checks.extend(super::replication::slot_checks(cfg, cluster, &seen.slots));
+    seen.standbys = super::replication::standbys(conn).await?;
+    checks.push(super::replication::standby_check(&seen.standbys));
     Ok(())
 }
 
@@ -326,34 +464,36 @@ pub async fn archive_checks(state: &AppState, cluster: &str, checks: &mut Vec<Ch
     let cfg = state.config.cluster(cluster);
     let now = state.backups.now();
     let cat = &state.archive.catalog;
-    let wal = cat.list_wal(cluster).await.unwrap_or_default();
 
-    // Newest archived segment's age.
+    // Newest archived segment's age (the wal_stats aggregate).
     let max_wal_age = cfg
         .wal_maximum_age
         .as_deref()
         .unwrap_or(crate::config::DEFAULT_WAL_MAXIMUM_AGE);
-    if let (Ok(max), Some(newest)) = (
-        humantime::parse_duration(max_wal_age),
-        wal.iter()
-            .filter(|r| r.state == "ok" && r.kind == "segment")
-            .max_by(|a, b| a.archived_at.cmp(&b.archived_at)),
-    ) {
-        let age = humantime::parse_rfc3339_weak(&newest.archived_at)
+    let newest = cat
+        .cluster_stats(cluster)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.last_segment.zip(s.last_archived_at));
+    if let (Ok(max), Some((newest_name, newest_at))) =
+        (humantime::parse_duration(max_wal_age), newest)
+    {
+        let age = humantime::parse_rfc3339_weak(&newest_at)
             .ok()
             .and_then(|t| now.duration_since(t).ok())
             .unwrap_or_default();
         checks.push(if age <= max {
             ok(
                 "newest WAL age",
-                format!("{} archived {} ago", newest.name, age_text(age)),
+                format!("{newest_name} archived {} ago", age_text(age)),
             )
         } else {
             failed(
                 "newest WAL age",
                 format!(
-                    "the newest segment {} was archived {} ago, more than wal_maximum_age = {max_wal_age}",
-                    newest.name,
+                    "the newest segment {newest_name} was archived {} ago, more than \
+                     wal_maximum_age = {max_wal_age}",
                     age_text(age)
                 ),
                 format!(
@@ -459,7 +599,7 @@ pub async fn archive_checks(state: &AppState, cluster: &str, checks: &mut Vec<Ch
                 )
             });
         }
-        checks.extend(wal_continuity(state, cluster, &rows, &wal).await);
+        checks.extend(wal_continuity(state, cluster, &rows).await);
     }
 
     // Free space.
@@ -498,11 +638,14 @@ pub fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
 }
 
 /// WAL gaps from the oldest retained backup's begin segment to the newest archived segment.
+///
+/// From the aggregates when they show none: every timeline complete from its first to its last
+/// segment, and one of them holding the begin segment, leave no gap after it. Only otherwise are
+/// the segment names listed, to say where the gaps are.
 async fn wal_continuity(
     state: &AppState,
     cluster: &str,
     rows: &[crate::backup::catalog::BackupRow],
-    wal: &[crate::catalog::WalRow],
 ) -> Option<CheckItem> {
     let size = state
         .archive
@@ -519,6 +662,37 @@ async fn wal_continuity(
         .filter_map(|r| r.info.begin_wal.as_deref()?.parse::<WalFileName>().ok())
         .filter_map(|n| Some((n.segno(size)?, n)))
         .min_by_key(|(n, _)| *n)?;
+    let no_gap = ok(
+        "WAL continuity",
+        format!(
+            "no gap from {} (the oldest retained backup's begin)",
+            oldest.1
+        ),
+    );
+    let timelines = state
+        .archive
+        .catalog
+        .wal_timelines(cluster)
+        .await
+        .unwrap_or_default();
+    let segno = |name: &str| name.parse::<WalFileName>().ok().and_then(|n| n.segno(size));
+    let complete = timelines.iter().all(|t| {
+        matches!((segno(&t.first), segno(&t.last)),
+            (Some(a), Some(b)) if b >= a && b - a + 1 == t.segments)
+    });
+    let holds_begin = timelines.iter().any(|t| {
+        matches!((segno(&t.first), segno(&t.last)),
+            (Some(a), Some(b)) if a <= oldest.0 && oldest.0 <= b)
+    });
+    if complete && holds_begin {
+        return Some(no_gap);
+    }
+    let wal = state
+        .archive
+        .catalog
+        .list_wal_kind(cluster, "segment")
+        .await
+        .unwrap_or_default();
     let names: Vec<WalFileName> = wal
         .iter()
         .filter(|r| r.state == "ok")
@@ -541,13 +715,7 @@ async fn wal_continuity(
         gaps.extend(t.gaps.iter().map(|(a, b)| format!("{a} .. {b}")));
     }
     Some(if gaps.is_empty() {
-        ok(
-            "WAL continuity",
-            format!(
-                "no gap from {} (the oldest retained backup's begin)",
-                oldest.1
-            ),
-        )
+        no_gap
     } else {
         failed(
             "WAL continuity",

@@ -303,6 +303,32 @@ pub async fn last_run(
     .await
 }
 
+/// The newest run of `kind` (e.g. `drill`) for each backup of `cluster` that has one, by
+/// backup id (the `jobs_by_cluster` index; one row per backup).
+pub async fn last_per_backup(
+    cat: &Catalog,
+    cluster: &str,
+    kind: &'static str,
+) -> Result<std::collections::HashMap<String, JobRun>, CatalogError> {
+    let cluster = cluster.to_string();
+    cat.read(move |c| {
+        let mut stmt = c.prepare_cached(&format!(
+            "{JOB_SELECT} WHERE id IN (SELECT max(id) FROM jobs WHERE cluster = ?1 AND kind = ?2 \
+             AND backup_id IS NOT NULL GROUP BY backup_id)"
+        ))?;
+        let rows = stmt.query_map(params![cluster, kind], job_from_row)?;
+        let mut out = std::collections::HashMap::new();
+        for run in rows {
+            let run = run?;
+            if let Some(id) = run.backup_id.clone() {
+                out.insert(id, run);
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
 /// Run `id` of `cluster`.
 pub async fn get(cat: &Catalog, cluster: &str, id: i64) -> Result<Option<JobRun>, CatalogError> {
     let cluster = cluster.to_string();

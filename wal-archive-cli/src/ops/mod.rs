@@ -1,5 +1,6 @@
 //! What operators run: backups (`backup`, `list`, `show`, `verify`, `delete`, `keep`),
-//! `restore` (and `restore --delta`), `check`, `wal`, and the jobs (`retention`, `jobs`, `switch-wal`), with the progress
+//! `restore` (and `restore --delta`), `check`, `status`, `wal`, and the jobs (`retention`, `jobs`,
+//! `switch-wal`), with the progress
 //! bars they show on a terminal.
 
 pub mod backup;
@@ -9,4 +10,5 @@ pub mod jobs;
 pub mod manifest;
 pub mod progress;
 pub mod restore;
+pub mod status;
 pub mod wal;
