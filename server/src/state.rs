@@ -17,4 +17,6 @@ pub struct AppState {
     pub backups: crate::backup::Backups,
     /// Progress of the jobs running here.
     pub jobs: crate::jobs::runs::LiveJobs,
+    /// How recovery drills read the archive.
+    pub drills: crate::jobs::drill::Drills,
 }

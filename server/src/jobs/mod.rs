@@ -1,10 +1,11 @@
 //! What the server does on its own or on request, beside serving WAL: the scheduler
-//! ([`scheduler`]), retention ([`retention`]), the checks against PostgreSQL and the archive
-//! ([`checks`]), the record and progress of every run ([`runs`]), and the clock they read
-//! ([`clock`]).
+//! ([`scheduler`]), retention ([`retention`]), recovery drills ([`drill`]), the checks against
+//! PostgreSQL and the archive ([`checks`]), the record and progress of every run ([`runs`]),
+//! and the clock they read ([`clock`]).
 
 pub mod checks;
 pub mod clock;
+pub mod drill;
 pub mod retention;
 pub mod runs;
 pub mod scheduler;

@@ -1,9 +1,10 @@
 //! What operators run: backups (`backup`, `list`, `show`, `verify`, `delete`, `keep`),
-//! `restore`, `check`, `wal`, and the jobs (`retention`, `jobs`, `switch-wal`), with the progress
+//! `restore`, `drill`, `check`, `wal`, and the jobs (`retention`, `jobs`, `switch-wal`), with the progress
 //! bars they show on a terminal.
 
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod jobs;
 pub mod manifest;
 pub mod progress;
