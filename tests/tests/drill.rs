@@ -12,6 +12,9 @@
 //! - `a_drill_killed_with_its_server_leaves_nothing_after_the_next_start`: the server is killed
 //!   (SIGKILL, at the crash point where the drill's PostgreSQL runs and answered); its next
 //!   start stops that PostgreSQL, removes the scratch directory and marks the drill failed.
+//! - `a_scheduled_drill_is_recorded_and_survives_a_catalog_rebuild`: `drill_schedule` runs a
+//!   drill of the latest backup by itself; a server started without its catalog rebuilds it
+//!   from storage with the same drill.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,11 +30,22 @@ const DRILL_TIMEOUT: Duration = Duration::from_secs(180);
 /// binaries, and a `drill_dir` outside the server's owner-only data directory (the drill's
 /// PostgreSQL runs as `postgres`, the server as root).
 fn rig(name: &str) -> Result<BackupRig> {
+    rig_with(name, "")
+}
+
+/// [`rig`] with more keys of `[clusters.main]`.
+fn rig_with(name: &str, cluster: &str) -> Result<BackupRig> {
     BackupRig::start_with(
         name,
         "drill_dir = \"{dir}/drills\"\n",
-        &format!("pg_bin_dir = \"{PG_BIN}\"\ndrill_maximum_age = \"1 day\"\n"),
+        &format!("pg_bin_dir = \"{PG_BIN}\"\ndrill_maximum_age = \"1 day\"\n{cluster}"),
     )
+}
+
+fn drills(rig: &BackupRig) -> Result<Vec<serde_json::Value>> {
+    let resp = rig.server.api().get("/v1/clusters/main/drills", None)?;
+    ensure!(resp.status == 200, "GET drills: {}", resp.status);
+    Ok(serde_json::from_slice(&resp.body)?)
 }
 
 fn drill(rig: &BackupRig, args: &[&str]) -> Result<Output> {
@@ -361,9 +375,8 @@ fn a_drill_killed_with_its_server_leaves_nothing_after_the_next_start() -> Resul
         "{:?} left",
         left[0]
     );
-    let drills = rig.server.api().get("/v1/clusters/main/drills", None)?;
-    let drills: serde_json::Value = serde_json::from_slice(&drills.body)?;
-    let d = &drills[0];
+    let list = drills(&rig)?;
+    let d = list.first().context("no drill recorded")?;
     ensure!(d["result"] == "failed", "{d}");
     ensure!(
         d["error"]
@@ -377,5 +390,65 @@ fn a_drill_killed_with_its_server_leaves_nothing_after_the_next_start() -> Resul
             rig.server.log_tail()
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_scheduled_drill_is_recorded_and_survives_a_catalog_rebuild() -> Result<()> {
+    let mut rig = rig_with("drill-scheduled", "drill_schedule = \"*/5 * * * * *\"\n")?;
+    let p = &rig.primary;
+    p.psql("create table t (id bigint primary key, payload text)")?;
+    rig.backup()?;
+    p.psql("insert into t select g, md5(g::text) from generate_series(1, 10000) g")?;
+    rig.archive_now()?;
+    let mut passed = None;
+    wal_archive_e2e::wait_until(DRILL_TIMEOUT, "a scheduled drill passes", || {
+        passed = drills(&rig)?.into_iter().find(|d| d["result"] == "ok");
+        Ok(passed.is_some())
+    })
+    .with_context(|| rig.server.log_tail())?;
+    let passed = passed.context("no drill")?;
+    let jobs = rig
+        .server
+        .cli()?
+        .run_ok(["--json", "jobs", "--cluster", "main"])?;
+    let jobs: serde_json::Value = serde_json::from_str(&jobs.stdout)?;
+    let run = jobs
+        .as_array()
+        .and_then(|j| j.iter().find(|r| r["id"] == passed["job_id"]))
+        .with_context(|| format!("no job run {} in {jobs}", passed["job_id"]))?;
+    ensure!(
+        run["kind"] == "drill" && run["trigger"] == "schedule",
+        "{run}"
+    );
+    ensure!(run["report"]["kind"] == "drill", "{run}");
+
+    // The catalog lost: the next start rebuilds it from storage, drills included.
+    rig.server.stop()?;
+    for name in [
+        "catalog.sqlite3",
+        "catalog.sqlite3-wal",
+        "catalog.sqlite3-shm",
+    ] {
+        let path = rig.server.data_dir().join(name);
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    rig.server.start_again()?;
+    let after = drills(&rig)?;
+    let same = after
+        .iter()
+        .find(|d| d["id"] == passed["id"])
+        .with_context(|| {
+            format!(
+                "drill {} is gone after the rebuild: {after:?}",
+                passed["id"]
+            )
+        })?;
+    ensure!(
+        *same == passed,
+        "drill differs after the rebuild:\n{passed}\n{same}"
+    );
     Ok(())
 }
