@@ -9,6 +9,8 @@
 //!   is gone and no PostgreSQL of it runs.
 //! - `a_drill_fails_naming_a_segment_missing_from_storage`: a segment between the backup and
 //!   the end of the archive removed from storage: the drill fails naming it, `check` fails.
+//!   Then, with `pg_bin_dir` pointing nowhere, a drill is refused up front naming the key; with
+//!   a `drill_timeout` too short for any drill, it fails saying so and leaves nothing behind.
 //! - `a_drill_killed_with_its_server_leaves_nothing_after_the_next_start`: the server is killed
 //!   (SIGKILL, at the crash point where the drill's PostgreSQL runs and answered); its next
 //!   start stops that PostgreSQL, removes the scratch directory and marks the drill failed.
@@ -317,6 +319,59 @@ fn a_drill_fails_naming_a_segment_missing_from_storage() -> Result<()> {
             .any(|l| l.contains("drill") && l.contains("FAILED")),
         "check: {}",
         check.describe()
+    );
+
+    // Binaries missing: refused before anything is written, saying which key to fix.
+    let config_path = rig.dir.path().join("server/server.toml");
+    let config = std::fs::read_to_string(&config_path)?;
+    let mut rig = rig;
+    rig.server.stop()?;
+    rig.server
+        .set_config(&config.replace(PG_BIN, "/nonexistent/postgresql/15/bin"))?;
+    rig.server.start_again()?;
+    let out = drill(&rig, &[])?;
+    ensure!(
+        !out.success(),
+        "a drill without binaries ran: {}",
+        out.describe()
+    );
+    ensure!(
+        out.stderr.contains("pg_bin_dir") && out.stderr.contains("no postgres"),
+        "the refusal does not say what is missing: {}",
+        out.describe()
+    );
+    ensure!(
+        scratch_dirs(&drill_dir(&rig))?.is_empty(),
+        "a scratch directory is left"
+    );
+
+    // Bounded in time: a drill still running at drill_timeout fails and is cleaned up.
+    rig.server.stop()?;
+    rig.server.set_config(&config.replace(
+        "drill_maximum_age",
+        "drill_timeout = \"200ms\"\ndrill_maximum_age",
+    ))?;
+    rig.server.start_again()?;
+    let out = drill(&rig, &[])?;
+    ensure!(
+        !out.success(),
+        "a drill ran within 200 ms: {}",
+        out.describe()
+    );
+    let r = json(&out)?;
+    ensure!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("drill_timeout")),
+        "{r}"
+    );
+    ensure!(
+        scratch_dirs(&drill_dir(&rig))?.is_empty(),
+        "a scratch directory is left"
+    );
+    ensure!(
+        postgres_in(&drill_dir(&rig)).is_empty(),
+        "a drill's PostgreSQL still runs"
     );
     Ok(())
 }
