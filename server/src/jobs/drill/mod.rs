@@ -1011,7 +1011,6 @@ fn write_configuration(
         ("unix_socket_group", String::new()),
         ("unix_socket_permissions", "0700".into()),
         ("cluster_name", files.cluster_name.clone()),
-        ("external_pid_file", String::new()),
         // Nothing of the drill ever reaches the archive.
         ("archive_mode", "off".into()),
         ("archive_command", String::new()),
