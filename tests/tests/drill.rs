@@ -6,7 +6,8 @@
 //! - `a_drill_replays_the_archive_and_records_what_it_did`: a passing drill of the latest
 //!   backup: its record (the backup, the WAL range and files applied, the timings, the sanity
 //!   query), `list`/`show` (last drill per backup), `check`, `/metrics`; the scratch directory
-//!   is gone and no PostgreSQL of it runs.
+//!   is gone and no PostgreSQL of it runs; a second drill beside a running one is refused; a
+//!   drill to a recovery target stops there.
 //! - `a_drill_fails_naming_a_segment_missing_from_storage`: a segment between the backup and
 //!   the end of the archive removed from storage: the drill fails naming it, `check` fails.
 //!   Then, with `pg_bin_dir` pointing nowhere, a drill is refused up front naming the key; with
@@ -248,7 +249,26 @@ fn a_drill_replays_the_archive_and_records_what_it_did() -> Result<()> {
         ensure!(metrics.contains(wanted), "/metrics lacks {wanted}");
     }
 
-    // A second drill to a target: the LSN where the backup became consistent.
+    // One at a time per cluster: a drill requested while one runs is refused, saying so.
+    let first = {
+        let cli = rig.server.cli()?.timeout(DRILL_TIMEOUT);
+        std::thread::spawn(move || cli.run(["--json", "drill", "--cluster", "main"]))
+    };
+    wal_archive_e2e::wait_until(DEADLINE, "the drill runs", || {
+        Ok(drills(&rig)?.iter().any(|d| d["result"] == "running"))
+    })?;
+    let second = drill(&rig, &[])?;
+    let first = first
+        .join()
+        .map_err(|_| anyhow::anyhow!("the first drill's thread panicked"))??;
+    ensure!(first.success(), "the first drill: {}", first.describe());
+    ensure!(
+        !second.success() && second.stderr.contains("one runs at a time"),
+        "a second drill beside the first: {}",
+        second.describe()
+    );
+
+    // A drill to a target: the LSN where the backup became consistent.
     let end_lsn = backup["end_lsn"].as_str().context("end_lsn")?;
     let out = drill(&rig, &[&id, "--target-lsn", end_lsn])?;
     ensure!(out.success(), "drill to {end_lsn}: {}", out.describe());
