@@ -409,7 +409,8 @@ fn a_drill_killed_with_its_server_leaves_nothing_after_the_next_start() -> Resul
     rig.server
         .set_env("WAL_ARCHIVE_CRASH_AT", "drill.postgres_running");
     rig.server.start_again()?;
-    let out = drill(&rig, &[])?;
+    // The command gives up on the dead server after 2 s instead of the default minute.
+    let out = drill(&rig, &["--retry-for", "2"])?;
     ensure!(
         !out.success(),
         "the drill survived its server: {}",
