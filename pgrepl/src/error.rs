@@ -250,13 +250,13 @@ impl ReplError {
         }
     }
 
-    pub(crate) fn protocol(message: impl Into<String>) -> ReplError {
+    pub fn protocol(message: impl Into<String>) -> ReplError {
         ReplError::Protocol {
             message: message.into(),
         }
     }
 
-    pub(crate) fn config(message: impl Into<String>) -> ReplError {
+    pub fn config(message: impl Into<String>) -> ReplError {
         ReplError::Config {
             message: message.into(),
         }

@@ -164,7 +164,7 @@ pub struct BackupTablespace {
 }
 
 /// One base backup, as listed and shown.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BackupInfo {
     /// Sortable timestamp id, e.g. `20261121T223000`.
     pub id: String,
@@ -199,6 +199,10 @@ pub struct BackupInfo {
     /// Retention classification (`valid`, `obsolete`, `kept`), when a policy applies.
     #[serde(default)]
     pub retention: Option<String>,
+    /// The newest recovery drill of this backup, in listings and `show` (absent when it never
+    /// had one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillSummary>,
 }
 
 /// One entry of a backup, as `restore` needs it.
@@ -249,7 +253,7 @@ pub struct KeepRequest {
 
 /// `POST /v1/clusters/{cluster}/retention?dry_run=true|false`: what the retention policy
 /// removed (or, with `dry_run`, would remove).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RetentionReport {
     pub cluster: String,
     /// The policy applied, as configured (`redundancy 2`, `recovery window of 7 days`), or
@@ -277,7 +281,7 @@ pub struct RetentionReport {
 /// and `GET /v1/clusters/{cluster}/jobs/{id}` shows it. Long operations (backup, verify,
 /// retention, drill) are jobs: the request that starts one answers 202 with its run, and the
 /// client follows it here; a client that goes away never interrupts it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct JobRun {
     pub id: i64,
     pub cluster: String,
@@ -323,11 +327,137 @@ pub struct JobProgress {
 }
 
 /// The result a job leaves, by kind.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum JobReport {
     Verify(VerifyReport),
     Retention(RetentionReport),
+    Drill(Box<DrillReport>),
+}
+
+/// `POST /v1/clusters/{cluster}/drills` body: which backup to restore and how far to replay.
+/// With no target, the drill replays to the end of the archive.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrillRequest {
+    /// A backup id or `latest` (the newest done backup) [default: `latest`].
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// `recovery_target_time`, e.g. `2026-11-21 22:30:00+00`.
+    #[serde(default)]
+    pub target_time: Option<String>,
+    /// `recovery_target_lsn`, e.g. `0/3000060`.
+    #[serde(default)]
+    pub target_lsn: Option<String>,
+    /// `recovery_target_xid`.
+    #[serde(default)]
+    pub target_xid: Option<String>,
+    /// `recovery_target_name` (a restore point).
+    #[serde(default)]
+    pub target_name: Option<String>,
+    /// `recovery_target = 'immediate'`: stop once the backup is consistent.
+    #[serde(default)]
+    pub target_immediate: bool,
+    /// `recovery_target_timeline` [default: `latest`].
+    #[serde(default)]
+    pub target_timeline: Option<String>,
+}
+
+/// What a recovery drill did and measured: `GET /v1/clusters/{cluster}/drills`, the report of
+/// a drill job, and the record kept in storage. Times are seconds from the drill's start
+/// (the restore's first byte), so `recovery_seconds` is the time to recover: a measured RTO.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DrillReport {
+    pub id: i64,
+    pub cluster: String,
+    pub backup_id: String,
+    /// The job run that ran it.
+    #[serde(default)]
+    pub job_id: Option<i64>,
+    /// `running`, `ok` or `failed`.
+    pub result: String,
+    /// Why it failed, naming the WAL segment or file at fault when there is one.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    /// What recovery aimed at: `end of archive`, or the recovery target (`lsn 0/3000060`, ...).
+    pub target: String,
+    /// `postgres --version` of the binaries that replayed, e.g. `15.18`.
+    #[serde(default)]
+    pub postgres_version: Option<String>,
+    /// Files and bytes of the backup written into the scratch directory.
+    #[serde(default)]
+    pub restored_files: u64,
+    #[serde(default)]
+    pub restored_bytes: u64,
+    /// The WAL files the throwaway PostgreSQL fetched from the archive and replayed: the first
+    /// and last segment names, how many files (segments and timeline history files), bytes.
+    #[serde(default)]
+    pub wal_first: Option<String>,
+    #[serde(default)]
+    pub wal_last: Option<String>,
+    #[serde(default)]
+    pub wal_files: u64,
+    #[serde(default)]
+    pub wal_bytes: u64,
+    /// Where replay had to reach (the end of the newest archived segment when the drill
+    /// started, or the target LSN), and where it did.
+    #[serde(default)]
+    pub expected_lsn: Option<String>,
+    #[serde(default)]
+    pub reached_lsn: Option<String>,
+    /// The backup's files were all written.
+    #[serde(default)]
+    pub restore_seconds: Option<f64>,
+    /// PostgreSQL reached a consistent state and accepted a read-only connection.
+    #[serde(default)]
+    pub consistent_seconds: Option<f64>,
+    /// Replay reached the end of the archive (or the target): the time to recover.
+    #[serde(default)]
+    pub recovery_seconds: Option<f64>,
+    /// The whole drill, cleanup included.
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// The sanity query's answers: `pg_is_in_recovery()` and `count(*) FROM pg_class`.
+    #[serde(default)]
+    pub in_recovery: Option<bool>,
+    #[serde(default)]
+    pub pg_class_count: Option<u64>,
+}
+
+impl DrillReport {
+    /// The short form shown beside a backup.
+    pub fn summary(&self) -> DrillSummary {
+        DrillSummary {
+            id: self.id,
+            result: self.result.clone(),
+            started_at: self.started_at.clone(),
+            ended_at: self.ended_at.clone(),
+            recovery_seconds: self.recovery_seconds,
+            wal_files: self.wal_files,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The newest drill of a backup, as `last_drill` of a listed backup (the status page's "last
+/// drill" column): its id, `result` (`running`, `ok`, `failed`), when it started and ended,
+/// the time to recover in seconds, the WAL files it replayed, and why it failed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DrillSummary {
+    pub id: i64,
+    pub result: String,
+    pub started_at: String,
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    #[serde(default)]
+    pub recovery_seconds: Option<f64>,
+    #[serde(default)]
+    pub wal_files: u64,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// `POST /v1/clusters/{cluster}/switch-wal` body.
@@ -452,7 +582,7 @@ pub struct WalArchiveStatus {
 }
 
 /// One backup as the status page shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BackupStatus {
     pub id: String,
     pub status: String,
@@ -465,13 +595,12 @@ pub struct BackupStatus {
     /// Retention class: `valid`, `obsolete`, `kept`, or `None` without a policy.
     pub retention: Option<String>,
     pub keep: bool,
-    /// The newest recovery drill of this backup recorded in the catalog (a `drill` job run);
-    /// `None`: no drill.
-    pub last_drill: Option<JobRun>,
+    /// The newest recovery drill of this backup; `None`: no drill.
+    pub last_drill: Option<DrillSummary>,
 }
 
 /// One cluster on the status page (`GET /v1/status`, `wal-archive status`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
     pub cluster: String,
     pub system_identifier: Option<String>,
@@ -503,7 +632,7 @@ pub struct StorageStatus {
 }
 
 /// Answer of `GET /v1/status`: what the status page shows.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
     /// RFC 3339.
     pub generated_at: String,

@@ -116,6 +116,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0005_wal_stats.sql")),
         M::up(include_str!("../../migrations/0006_jobs.sql")),
         M::up(include_str!("../../migrations/0007_status_aggregates.sql")),
+        M::up(include_str!("../../migrations/0008_drills.sql")),
     ])
 }
 

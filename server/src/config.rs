@@ -35,6 +35,9 @@ struct FileConfig {
     max_concurrent_uploads: Option<usize>,
     metrics_require_token: Option<bool>,
     body_idle_timeout: Option<u64>,
+    drill_dir: Option<PathBuf>,
+    drill_user: Option<String>,
+    wal_archive_path: Option<PathBuf>,
     #[serde(default)]
     tokens: Vec<TokenConfig>,
     #[serde(default)]
@@ -157,7 +160,23 @@ pub struct ClusterConfig {
     /// Seconds a finished backup waits for its WAL to be archived before it fails
     /// (default [`DEFAULT_BACKUP_WAL_TIMEOUT`]).
     pub backup_wal_timeout: Option<u64>,
+    /// The PostgreSQL server binaries recovery drills run (`postgres`), of the cluster's major
+    /// version. Default: `/usr/lib/postgresql/MAJOR/bin` (Debian's layout) when it exists.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Crontab of recovery drills of the latest backup.
+    pub drill_schedule: Option<String>,
+    /// `check` fails when the newest passing drill is older than this (humantime). Default:
+    /// twice the drill schedule's period when there is a schedule.
+    pub drill_maximum_age: Option<String>,
+    /// The longest a drill may take, restore and replay together (humantime, default
+    /// [`DEFAULT_DRILL_TIMEOUT`]); a drill still running then fails and is cleaned up.
+    pub drill_timeout: Option<String>,
 }
+
+/// How long a recovery drill may take unless `drill_timeout` says otherwise.
+pub const DEFAULT_DRILL_TIMEOUT: &str = "2 hours";
+/// The OS user a drill's PostgreSQL runs as when the server runs as root.
+pub const DEFAULT_DRILL_USER: &str = "postgres";
 
 pub const DEFAULT_BACKUP_WAL_TIMEOUT: u64 = 300;
 /// Retention runs at 17 minutes past every hour (off the round hour most backups start at).
@@ -231,6 +250,10 @@ impl Default for ClusterConfig {
             minimum_redundancy: default_minimum_redundancy(),
             compression_level: default_compression_level(),
             backup_wal_timeout: None,
+            pg_bin_dir: None,
+            drill_schedule: None,
+            drill_maximum_age: None,
+            drill_timeout: None,
         }
     }
 }
@@ -273,6 +296,14 @@ pub struct Config {
     pub metrics_require_token: bool,
     /// An upload that sends nothing for this long is abandoned (nothing stored).
     pub body_idle_timeout: std::time::Duration,
+    /// Where recovery drills restore their scratch copies (default `DATA_DIR/drills`).
+    pub drill_dir: PathBuf,
+    /// The OS user a drill's PostgreSQL runs as when the server runs as root (default
+    /// [`DEFAULT_DRILL_USER`]); otherwise it runs as the server's own user.
+    pub drill_user: String,
+    /// The `wal-archive` binary a drill's `restore_command` runs (default: the one next to
+    /// the server's binary, else `wal-archive` on `PATH`).
+    pub wal_archive_path: Option<PathBuf>,
     pub tokens: Vec<TokenConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// See [`Overrides::rebuild_catalog`].
@@ -383,6 +414,7 @@ impl Config {
             for (key, spec) in [
                 ("backup_schedule", &c.backup_schedule),
                 ("retention_schedule", &c.retention_schedule),
+                ("drill_schedule", &c.drill_schedule),
             ] {
                 if let Some(spec) = spec {
                     crate::jobs::scheduler::parse_schedule(spec).map_err(|e| {
@@ -393,6 +425,8 @@ impl Config {
             for (key, v) in [
                 ("last_backup_maximum_age", &c.last_backup_maximum_age),
                 ("wal_maximum_age", &c.wal_maximum_age),
+                ("drill_maximum_age", &c.drill_maximum_age),
+                ("drill_timeout", &c.drill_timeout),
             ] {
                 if let Some(v) = v {
                     humantime::parse_duration(v).map_err(|e| {
@@ -406,6 +440,14 @@ impl Config {
                 parse_size(v).map_err(|e| {
                     ConfigError::Invalid(format!("clusters.{name}.max_slot_retained: {e}"))
                 })?;
+            }
+            if let Some(t) = &c.drill_timeout {
+                if humantime::parse_duration(t).is_ok_and(|d| d.is_zero()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "clusters.{name}.drill_timeout = {t:?}: a drill needs some time; give \
+                         a duration such as \"2 hours\""
+                    )));
+                }
             }
             if !(1..=22).contains(&c.compression_level) {
                 return Err(ConfigError::Invalid(format!(
@@ -459,6 +501,19 @@ impl Config {
                 "body_idle_timeout = 0: an upload must be given at least a second".into(),
             ));
         }
+        let drill_dir = file.drill_dir.unwrap_or_else(|| data_dir.join("drills"));
+        let drill_user = file
+            .drill_user
+            .unwrap_or_else(|| DEFAULT_DRILL_USER.to_string());
+        if drill_user.is_empty()
+            || !drill_user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "drill_user = {drill_user:?} is not an OS user name"
+            )));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -468,6 +523,9 @@ impl Config {
             max_concurrent_uploads,
             metrics_require_token,
             body_idle_timeout,
+            drill_dir,
+            drill_user,
+            wal_archive_path: file.wal_archive_path,
             tokens: file.tokens,
             clusters: file.clusters,
             rebuild_catalog: o.rebuild_catalog,
@@ -491,6 +549,16 @@ impl Config {
 
     pub fn catalog_path(&self) -> PathBuf {
         self.data_dir.join("catalog.sqlite3")
+    }
+
+    /// How long a drill of `cluster` may take.
+    pub fn drill_timeout(&self, cluster: &str) -> std::time::Duration {
+        self.cluster(cluster)
+            .drill_timeout
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .or_else(|| humantime::parse_duration(DEFAULT_DRILL_TIMEOUT).ok())
+            .unwrap_or(std::time::Duration::from_secs(7200))
     }
 }
 
@@ -564,12 +632,21 @@ backup_schedule = "0 3 * * *"
 retention = "recovery window of 7 days"
 minimum_redundancy = 1
 compression_level = 3
+pg_bin_dir = "/usr/lib/postgresql/15/bin"
+drill_schedule = "0 5 * * 0"
+drill_maximum_age = "8 days"
 "#;
         let c = Config::from_toml(text, &Overrides::default()).expect("valid");
         assert_eq!(c.tokens[0].role, Role::Archiver);
         assert!(c.cluster("main").streaming);
         assert_eq!(c.cluster("main").compression_level, 3);
         assert_eq!(c.cluster("other").compression_level, 1);
+        assert_eq!(c.drill_dir, PathBuf::from("/var/lib/wal-archive/drills"));
+        assert_eq!(c.drill_user, DEFAULT_DRILL_USER);
+        assert_eq!(
+            c.drill_timeout("main"),
+            std::time::Duration::from_secs(2 * 3600)
+        );
     }
 
     #[test]
@@ -593,6 +670,9 @@ compression_level = 3
             "retention = \"redundancy 0\"",
             "backup_schedule = \"every day\"",
             "wal_maximum_age = \"soon\"",
+            "drill_schedule = \"weekly\"",
+            "drill_maximum_age = \"a while\"",
+            "drill_timeout = \"0s\"",
         ] {
             let text = format!("[clusters.main]\n{bad}");
             assert!(
@@ -600,7 +680,7 @@ compression_level = 3
                 "{bad}"
             );
         }
-        let ok = "[clusters.main]\nretention = \"redundancy 2\"\nbackup_schedule = \"*/3 * * * * *\"\nlast_backup_maximum_age = \"2 days\"";
+        let ok = "[clusters.main]\nretention = \"redundancy 2\"\nbackup_schedule = \"*/3 * * * * *\"\nlast_backup_maximum_age = \"2 days\"\ndrill_schedule = \"0 5 * * 0\"\ndrill_maximum_age = \"8 days\"\ndrill_timeout = \"30 minutes\"\npg_bin_dir = \"/usr/lib/postgresql/15/bin\"";
         assert!(Config::from_toml(ok, &Overrides::default()).is_ok());
     }
 

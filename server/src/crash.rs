@@ -1,6 +1,6 @@
 //! Crash points: named steps where the server kills itself with SIGKILL when
 //! `WAL_ARCHIVE_CRASH_AT` names them, so that tests can put a `kill -9` at an exact step of
-//! ingest, backup and retention and check what survives (DESIGN §7.5). Unset (always, outside
+//! ingest, backup, retention and drills and check what survives (DESIGN §7.5). Unset (always, outside
 //! those tests) a point costs one comparison.
 //!
 //! The points, in the order each operation passes them:
@@ -12,7 +12,8 @@
 //! - `backup.done`: the backup is recorded `done`;
 //! - `retention.planned`: the plan is recorded, nothing removed;
 //! - `retention.backups_removed`: the planned backups are gone, their WAL not yet;
-//! - `retention.wal_objects_removed`: the planned WAL objects are deleted, their rows not yet.
+//! - `retention.wal_objects_removed`: the planned WAL objects are deleted, their rows not yet;
+//! - `drill.postgres_running`: a drill's throwaway PostgreSQL runs and accepted a connection.
 
 use std::sync::OnceLock;
 

@@ -136,6 +136,11 @@ pub async fn open(
     jobs::runs::fail_interrupted(&archive.catalog)
         .await
         .context("closing job runs interrupted by a restart")?;
+    // A drill interrupted by a crash left a PostgreSQL running on a scratch copy: stopped and
+    // removed before anything else runs.
+    jobs::drill::startup(config, &archive)
+        .await
+        .map_err(|e| anyhow::anyhow!("cleaning up after interrupted drills: {e}"))?;
     wal::reconcile::reconcile(&archive)
         .await
         .context("reconciling storage with the catalog")?;
@@ -217,6 +222,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         receivers,
         backups: Default::default(),
         jobs: Default::default(),
+        drills: Default::default(),
     });
     let scheduler_tasks = jobs::scheduler::start(state.clone(), &stop_rx);
     // The lease is renewed while the server runs; lost to another server, it stops at once

@@ -8,6 +8,7 @@
 //! | `backups/{cluster}/meta/{id}.json` | a backup as `list`/`show` show it, its manifest, and once done its file list | replaced at `done`, `failed`, `keep`; removed first when the backup goes |
 //! | `meta/retention/{cluster}.json` | a retention run's plan | before its first removal; removed at its end |
 //! | `meta/jobs/{cluster}/{id}.json` | a job run, once it ended | at its end |
+//! | `meta/drills/{cluster}/{id}.json` | a recovery drill's report | at its end, before its row says so |
 //!
 //! WAL and backup content need no record: each object's key names it and its trailer carries
 //! its checksum and size. Every record is JSON in the object format (zstd frames and the
@@ -38,7 +39,7 @@ pub struct ManifestRef {
 }
 
 /// A backup as the catalog holds it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackupRecord {
     pub info: BackupInfo,
     #[serde(default)]
@@ -74,6 +75,10 @@ pub fn retention_key(cluster: &str) -> String {
 
 pub fn job_key(cluster: &str, id: i64) -> String {
     format!("meta/jobs/{cluster}/{id:012}.json")
+}
+
+pub fn drill_key(cluster: &str, id: i64) -> String {
+    format!("meta/drills/{cluster}/{id:012}.json")
 }
 
 /// Why a record could not be written or read.

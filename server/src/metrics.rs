@@ -213,3 +213,28 @@ pub fn set_replication_gauges(
         }
     }
 }
+
+/// Gauges of a cluster's newest ended recovery drill, set at scrape time: its result (1 passed,
+/// 0 failed), the time it took to recover, the WAL it replayed; and when a drill last passed.
+pub fn set_drill_gauges(
+    cluster: &str,
+    newest: Option<&pgwal::api::DrillReport>,
+    last_success_unix: Option<f64>,
+) {
+    let c = cluster.to_string();
+    if let Some(d) = newest {
+        metrics::gauge!("wal_archive_drill_last_result", "cluster" => c.clone())
+            .set(if d.result == "ok" { 1.0 } else { 0.0 });
+        if let Some(s) = d.recovery_seconds {
+            metrics::gauge!("wal_archive_drill_last_recovery_seconds", "cluster" => c.clone())
+                .set(s);
+        }
+        metrics::gauge!("wal_archive_drill_last_wal_files", "cluster" => c.clone())
+            .set(d.wal_files as f64);
+        metrics::gauge!("wal_archive_drill_last_wal_bytes", "cluster" => c.clone())
+            .set(d.wal_bytes as f64);
+    }
+    if let Some(t) = last_success_unix {
+        metrics::gauge!("wal_archive_drill_last_success_timestamp_seconds", "cluster" => c).set(t);
+    }
+}

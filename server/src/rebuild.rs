@@ -9,7 +9,7 @@
 //! - Backups with their files, manifests and keep flags, from their records
 //!   (`backups/CLUSTER/meta/`); the blobs they reference, from a listing of their objects.
 //! - A retention run that was in progress, from its plan record: it is finished at start.
-//! - Job runs, from their records.
+//! - Job runs and recovery drills, from their records.
 //!
 //! Start-up reconciliation runs after it, as after any start.
 
@@ -30,6 +30,7 @@ pub struct RebuildReport {
     pub wal_files: usize,
     pub backups: usize,
     pub jobs: usize,
+    pub drills: usize,
     /// Objects or records that could not be read (named, for a person to look at).
     pub skipped: Vec<String>,
 }
@@ -183,6 +184,21 @@ pub async fn rebuild(archive: &Archive) -> Result<RebuildReport, ArchiveError> {
             }
         }
     }
+    // Recovery drills.
+    for cluster_dir in blobs.list_dirs("meta/drills/").await.map_err(storage)? {
+        for (key, drill) in meta::list::<pgwal::api::DrillReport>(blobs, &cluster_dir)
+            .await
+            .map_err(storage)?
+        {
+            match drill {
+                Ok(drill) => {
+                    crate::jobs::drill::catalog::restore(&archive.catalog, drill).await?;
+                    report.drills += 1;
+                }
+                Err(e) => report.skipped.push(format!("{key}: {e}")),
+            }
+        }
+    }
     for skipped in &report.skipped {
         tracing::warn!("rebuild: skipped {skipped}");
     }
@@ -191,6 +207,7 @@ pub async fn rebuild(archive: &Archive) -> Result<RebuildReport, ArchiveError> {
         wal_files = report.wal_files,
         backups = report.backups,
         jobs = report.jobs,
+        drills = report.drills,
         skipped = report.skipped.len(),
         "catalog rebuilt from storage"
     );

@@ -17,6 +17,8 @@ pub struct AppState {
     pub backups: crate::backup::Backups,
     /// Progress of the jobs running here.
     pub jobs: crate::jobs::runs::LiveJobs,
+    /// How recovery drills read the archive.
+    pub drills: crate::jobs::drill::Drills,
 }
 
 impl AppState {

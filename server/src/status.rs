@@ -147,7 +147,7 @@ async fn cluster_status(
 
     let mut rows = crate::backup::catalog::list(cat, cluster).await?;
     crate::jobs::retention::annotate(&cfg, &mut rows, now);
-    let drills = crate::jobs::runs::last_per_backup(cat, cluster, "drill").await?;
+    let drills = crate::jobs::drill::catalog::last_per_backup(cat, cluster).await?;
     let backup_stored_bytes = rows.iter().map(|r| r.info.stored_bytes).sum();
     let backups = rows
         .into_iter()

@@ -125,6 +125,7 @@ async fn env_over(
         receivers: Default::default(),
         backups: Default::default(),
         jobs: Default::default(),
+        drills: Default::default(),
     });
     let router = router(state.clone(), Authorizer::new(&config.tokens));
     Ok(Env {

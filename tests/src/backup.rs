@@ -35,10 +35,22 @@ pub struct BackupRig {
 
 impl BackupRig {
     pub fn start(name: &str) -> Result<BackupRig> {
+        BackupRig::start_with(name, "", "")
+    }
+
+    /// [`BackupRig::start`] with more configuration: `top` (top-level keys) and `cluster`
+    /// (keys of `[clusters.main]`); `{dir}` stands for the test directory in both.
+    pub fn start_with(name: &str, top: &str, cluster: &str) -> Result<BackupRig> {
         let dir = TestDir::new(name)?;
         let primary = Pg::init(&dir, "primary", PgOptions::default())?;
-        let server =
-            Server::start_with_config(&dir, Some(&backup_config("main", &primary.conninfo()?)))?;
+        let at = |text: &str| text.replace("{dir}", &dir.path().display().to_string());
+        let config = format!(
+            "{}{}{}",
+            at(top),
+            backup_config("main", &primary.conninfo()?),
+            at(cluster)
+        );
+        let server = Server::start_with_config(&dir, Some(&config))?;
         primary.set("archive_mode", "on")?;
         primary.set("archive_command", archive_command(&server, "main")?)?;
         primary.start()?;

@@ -50,6 +50,10 @@
 //! - `encryption.rs`: encryption at rest: nothing of a real cluster's WAL readable in storage
 //!   (against an unencrypted control), served exactly, refused with a clear message without
 //!   its key, key rotation through `old_key_files`; its header states the promises.
+//! - `quickstart.rs`: README's quickstart (`examples/quickstart.sh`) runs to its end.
+//! - `drill.rs`: recovery drills (scenario 7): a passing drill and its record, a drill that
+//!   fails naming a segment missing from storage, a drill whose server is killed, cleaned up
+//!   at the next start.
 
 pub mod background;
 pub mod backup;

@@ -188,6 +188,10 @@ pub enum Command {
         /// Backup id or `latest` [default: every done backup].
         backup: Option<String>,
     },
+    /// Recovery drill on the server host: restore a backup into a scratch directory, replay the
+    /// archive in a throwaway PostgreSQL, check it, measure the time to recover, clean up
+    /// (exit 1 when the drill fails).
+    Drill(DrillArgs),
     /// Delete a backup (refused for a kept one, or below the cluster's minimum redundancy).
     Delete {
         #[arg(long)]
@@ -300,4 +304,36 @@ pub struct RestoreArgs {
     /// read from) [default: the --config given to this command, if any].
     #[arg(long)]
     pub client_config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(
+    ArgGroup::new("target")
+        .args(["target_time", "target_lsn", "target_xid", "target_name", "target_immediate"])
+        .multiple(false)
+))]
+pub struct DrillArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// Backup id, or `latest` (the newest done backup).
+    #[arg(default_value = "latest")]
+    pub backup: String,
+    /// Replay up to this time (recovery_target_time) instead of the end of the archive.
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Replay up to this WAL location (recovery_target_lsn).
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Replay up to this transaction id (recovery_target_xid).
+    #[arg(long)]
+    pub target_xid: Option<String>,
+    /// Replay up to this restore point (recovery_target_name).
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent (recovery_target = 'immediate').
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// Timeline to recover along: `latest`, `current` or a number [default: latest].
+    #[arg(long)]
+    pub target_timeline: Option<String>,
 }

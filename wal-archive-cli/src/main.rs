@@ -274,6 +274,21 @@ fn main() -> ExitCode {
                 Err(e) => fail("verify", &e),
             }
         }
+        Command::Drill(args) => match ops::drill::drill(&client, &args, json) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    ops::drill::print_report(&r);
+                }
+                if r.result == "ok" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => fail("drill", &e),
+        },
         Command::Delete { cluster, backup } => match backup::delete(&client, &cluster, &backup) {
             Ok(info) => {
                 if json {

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::catalog::{now_rfc3339, Catalog, CatalogError};
 
 /// A backups row: what the API shows plus where the manifest is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackupRow {
     pub info: BackupInfo,
     pub manifest_key: Option<String>,
@@ -79,6 +79,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
             tablespaces,
             keep: r.get::<_, i64>(19)? != 0,
             retention: None,
+            last_drill: None,
         },
         manifest_key: r.get(20)?,
         manifest_sha256: r.get(21)?,

@@ -98,8 +98,16 @@ async fn list_backups(
         &mut rows,
         state.backups.now(),
     );
+    let mut drills = crate::jobs::drill::catalog::last_per_backup(&state.archive.catalog, &cluster)
+        .await
+        .map_err(BackupError::from)?;
     Ok(Json(
-        rows.into_iter().map(|r| state.backups.present(r)).collect(),
+        rows.into_iter()
+            .map(|r| BackupInfo {
+                last_drill: drills.remove(&r.info.id),
+                ..state.backups.present(r)
+            })
+            .collect(),
     ))
 }
 
@@ -122,8 +130,13 @@ async fn show_backup(
         .into_iter()
         .find(|r| r.info.id == row.info.id)
         .and_then(|r| r.info.retention);
+    let last_drill = crate::jobs::drill::catalog::last_per_backup(&state.archive.catalog, &cluster)
+        .await
+        .map_err(BackupError::from)?
+        .remove(&row.info.id);
     Ok(Json(BackupInfo {
         retention,
+        last_drill,
         ..state.backups.present(row)
     }))
 }

@@ -77,6 +77,17 @@ async fn metrics_text(
             receiver_streaming: receiver.as_ref().map(|r| r.state == "streaming"),
         });
         set_backup_gauges(&state, cluster).await;
+        if let Ok((ended, passed)) =
+            crate::jobs::drill::catalog::newest_ended(&state.archive.catalog, cluster).await
+        {
+            let success = passed
+                .as_ref()
+                .and_then(|d| d.ended_at.as_deref())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64());
+            crate::metrics::set_drill_gauges(cluster, ended.as_ref(), success);
+        }
     }
     // Slots and standbys of every cluster with a conninfo, each bounded in time so that an
     // unreachable primary slows a scrape by at most that much.

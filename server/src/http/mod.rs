@@ -6,12 +6,14 @@
 //! - `wal.rs`: WAL files (PUT/GET/HEAD, listing), the receiver's state and `check`;
 //! - `backup.rs`: base backups, their files, manifests and blobs;
 //! - `ops.rs`: retention, jobs, switch-wal;
+//! - `drill.rs`: recovery drills, and the loopback endpoint their `restore_command` reads;
 //! - `metrics.rs`: `/healthz` and Prometheus `/metrics`;
 //! - `status.rs`: the status page (`/`) and its JSON (`/v1/status`), `status/page.rs` its HTML;
 //! - `auth.rs`: tokens and roles; `tls.rs`: HTTPS.
 
 pub mod auth;
 mod backup;
+mod drill;
 mod metrics;
 mod ops;
 mod status;
@@ -51,14 +53,27 @@ impl std::ops::Deref for HttpState {
 }
 
 pub fn router(app: Arc<AppState>, auth: auth::Authorizer) -> Router {
-    let instance = axum::http::HeaderValue::from_str(&app.archive.instance)
-        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid"));
-    Router::new()
+    // Drills serve WAL to their PostgreSQL through this layer.
+    app.drills.serve_wal_with(Arc::new(drill::DrillWal));
+    let routes = Router::new()
         .merge(metrics::routes())
         .merge(wal::routes())
         .merge(backup::routes())
         .merge(ops::routes())
         .merge(status::routes())
+        .merge(drill::routes());
+    with_state(routes, app, auth)
+}
+
+/// `routes` with their state, and the instance header on every answer.
+fn with_state(
+    routes: Router<Arc<HttpState>>,
+    app: Arc<AppState>,
+    auth: auth::Authorizer,
+) -> Router {
+    let instance = axum::http::HeaderValue::from_str(&app.archive.instance)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid"));
+    routes
         .with_state(Arc::new(HttpState {
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 app.config.max_concurrent_uploads,

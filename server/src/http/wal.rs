@@ -248,7 +248,7 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 #[derive(serde::Deserialize, Default)]
-struct GetQuery {
+pub(super) struct GetQuery {
     /// When the archive has no complete segment of this name, serve the receiver's segment in
     /// progress (zero-filled after its last durable byte), as point-in-time recovery to the last
     /// streamed byte needs.
@@ -256,7 +256,7 @@ struct GetQuery {
     partial: bool,
 }
 
-async fn get_wal(
+pub(super) async fn get_wal(
     State(state): State<Arc<HttpState>>,
     Path((cluster, name)): Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<GetQuery>,
@@ -400,7 +400,7 @@ fn set_file_headers(h: &mut HeaderMap, sha256: &str, xxh3: Option<&str>, size: u
     );
 }
 
-async fn head_wal(
+pub(super) async fn head_wal(
     State(state): State<Arc<HttpState>>,
     Path((cluster, name)): Path<(String, String)>,
     headers: HeaderMap,

@@ -602,6 +602,8 @@ pub async fn archive_checks(state: &AppState, cluster: &str, checks: &mut Vec<Ch
         checks.extend(wal_continuity(state, cluster, &rows).await);
     }
 
+    checks.extend(drill_check(state, cluster).await);
+
     // Free space.
     let min_free = cfg
         .min_free_space_bytes
@@ -629,6 +631,95 @@ pub async fn archive_checks(state: &AppState, cluster: &str, checks: &mut Vec<Ch
             "check that the data directory exists and is readable".into(),
         ),
     });
+}
+
+/// The newest recovery drill: fails when it failed, when none passed, or when the newest
+/// passing one is older than `drill_maximum_age` (default: twice the `drill_schedule`
+/// period). Absent for a cluster with no drill schedule, no maximum age and no drill yet.
+async fn drill_check(state: &AppState, cluster: &str) -> Option<CheckItem> {
+    let cfg = state.config.cluster(cluster);
+    let (ended, passed) =
+        match crate::jobs::drill::catalog::newest_ended(&state.archive.catalog, cluster).await {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(failed(
+                    "last drill",
+                    format!("cannot read the drills from the catalog: {e}"),
+                    "look at the server log".into(),
+                ))
+            }
+        };
+    let max_age = match &cfg.drill_maximum_age {
+        Some(t) => humantime::parse_duration(t).ok(),
+        None => cfg
+            .drill_schedule
+            .as_deref()
+            .and_then(schedule_period)
+            .map(|p| p * 2),
+    };
+    if ended.is_none() && max_age.is_none() {
+        return None;
+    }
+    let run = format!("run one: wal-archive drill --cluster {cluster}");
+    let Some(newest) = ended else {
+        return Some(failed(
+            "last drill",
+            "no recovery drill has run".into(),
+            run,
+        ));
+    };
+    if newest.result != "ok" {
+        return Some(failed(
+            "last drill",
+            format!(
+                "the newest drill {} (backup {}, {}) failed: {}",
+                newest.id,
+                newest.backup_id,
+                newest.ended_at.as_deref().unwrap_or(&newest.started_at),
+                newest.error.as_deref().unwrap_or("no reason recorded")
+            ),
+            format!("fix the cause it names, then {run}"),
+        ));
+    }
+    let Some(passed) = passed else {
+        return Some(failed(
+            "last drill",
+            "no recovery drill has passed".into(),
+            run,
+        ));
+    };
+    let at = passed.ended_at.as_deref().unwrap_or(&passed.started_at);
+    let age = humantime::parse_rfc3339_weak(at)
+        .ok()
+        .and_then(|t| state.backups.now().duration_since(t).ok())
+        .unwrap_or_default();
+    Some(match max_age {
+        Some(max) if age > max => failed(
+            "last drill",
+            format!(
+                "the newest passing drill {} (backup {}) ended {} ago, more than the maximum \
+                 age {}",
+                passed.id,
+                passed.backup_id,
+                age_text(age),
+                age_text(max)
+            ),
+            format!(
+                "{run}, and see why the scheduled ones did not (wal-archive jobs --cluster \
+                 {cluster})"
+            ),
+        ),
+        _ => ok(
+            "last drill",
+            format!(
+                "drill {} of backup {} passed {} ago, recovered in {:.1} s",
+                passed.id,
+                passed.backup_id,
+                age_text(age),
+                passed.recovery_seconds.unwrap_or_default()
+            ),
+        ),
+    })
 }
 
 /// Free bytes for an unprivileged writer on the file system holding `path`.

@@ -1,4 +1,4 @@
-//! Every run of a job (scheduled or requested backups, retention, verify): its row in the `jobs`
+//! Every run of a job (scheduled or requested backups, retention, verify, drills): its row in the `jobs`
 //! table, and its progress while it runs. A long operation started through the API is a job:
 //! the request answers 202 with the run, the work goes on in a task of its own (a client that
 //! disconnects never interrupts it), and the client follows it with
@@ -17,6 +17,7 @@ pub enum JobKind {
     Backup,
     Retention,
     Verify,
+    Drill,
 }
 
 impl JobKind {
@@ -25,6 +26,7 @@ impl JobKind {
             JobKind::Backup => "backup",
             JobKind::Retention => "retention",
             JobKind::Verify => "verify",
+            JobKind::Drill => "drill",
         }
     }
 }
@@ -124,6 +126,11 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The run this is the progress of.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut JobProgress)) {
         if let Some(p) = self
             .live

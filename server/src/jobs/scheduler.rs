@@ -1,5 +1,6 @@
-//! Scheduled jobs (DESIGN §5): backups on `backup_schedule` and retention on
-//! `retention_schedule`, in the server's own loop, one task per (cluster, job).
+//! Scheduled jobs (DESIGN §5): backups on `backup_schedule`, retention on
+//! `retention_schedule` and recovery drills of the latest backup on `drill_schedule`, in the
+//! server's own loop, one task per (cluster, job).
 //!
 //! - One run at a time per cluster and job ([`crate::backup::Backups::job_lock`]); a run that
 //!   finds the previous one still going is recorded `skipped`, and so is a scheduled backup
@@ -21,19 +22,85 @@ use super::runs::{self, JobKind};
 use crate::backup::{self, BackupError};
 use crate::state::AppState;
 
-/// A crontab: 5 fields (minute precision) or 6/7 with a leading seconds field.
+/// A crontab: 5 fields (minute precision) or 6/7 with a leading seconds field. Weekdays are
+/// crontab's (0 or 7 Sunday, 1 Monday ... 6 Saturday), translated to the `cron` crate's
+/// numbering (1 Sunday ... 7 Saturday); names (`SUN`, `Mon-Fri`) are the same in both.
 pub fn parse_schedule(spec: &str) -> Result<cron::Schedule, String> {
-    let fields = spec.split_whitespace().count();
-    let full = match fields {
-        5 => format!("0 {spec}"),
-        6 | 7 => spec.to_string(),
-        n => {
-            return Err(format!(
-                "{n} fields: a schedule has 5 (minute hour day month weekday) or 6 with leading seconds"
-            ))
+    let mut fields: Vec<String> = spec.split_whitespace().map(str::to_string).collect();
+    if !(5..=7).contains(&fields.len()) {
+        return Err(format!(
+            "{} fields: a schedule has 5 (minute hour day month weekday) or 6 with leading seconds",
+            fields.len()
+        ));
+    }
+    if fields.len() == 5 {
+        fields.insert(0, "0".into());
+    }
+    fields[5] = crontab_weekdays(&fields[5])?;
+    cron::Schedule::from_str(&fields.join(" ")).map_err(|e| format!("not a crontab schedule: {e}"))
+}
+
+/// A crontab weekday field in the `cron` crate's numbering: each number `n` (0-7, 0 and 7
+/// Sunday) becomes `n % 7 + 1`; a numeric range or step becomes the list of its days.
+fn crontab_weekdays(field: &str) -> Result<String, String> {
+    let day = |t: &str| -> Result<Option<u32>, String> {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(None);
+        }
+        match t.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(Some(n)),
+            _ => Err(format!("weekday {t} is not 0-7 (0 and 7 are Sunday)")),
         }
     };
-    cron::Schedule::from_str(&full).map_err(|e| format!("not a crontab schedule: {e}"))
+    let mut out = Vec::new();
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((b, s)) => (b, Some(s)),
+            None => (item, None),
+        };
+        let step_n = match step {
+            Some(s) => match s.parse::<u32>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return Err(format!("weekday step {s:?} is not a positive number")),
+            },
+            None => None,
+        };
+        let range = match base.split_once('-') {
+            Some((a, b)) => match (day(a)?, day(b)?) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            },
+            None => match day(base)? {
+                Some(a) if step_n.is_some() => Some((a, 6)),
+                Some(a) => {
+                    out.push((a % 7 + 1).to_string());
+                    continue;
+                }
+                None => None,
+            },
+        };
+        let (base, step_n) = match (range, base) {
+            (Some(r), _) => (r, step_n.unwrap_or(1)),
+            (None, "*") if step_n.is_some() => ((0, 6), step_n.unwrap_or(1)),
+            // Names, `*`, `?`: the same in both numberings.
+            _ => {
+                out.push(item.to_string());
+                continue;
+            }
+        };
+        let (a, b) = base;
+        if a > b {
+            return Err(format!("weekday range {a}-{b} runs backwards"));
+        }
+        let mut days: Vec<u32> = (a..=b)
+            .step_by(step_n as usize)
+            .map(|n| n % 7 + 1)
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        out.extend(days.iter().map(u32::to_string));
+    }
+    Ok(out.join(","))
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -58,6 +125,9 @@ pub fn start(
                 .clone()
                 .unwrap_or_else(|| crate::config::DEFAULT_RETENTION_SCHEDULE.to_string());
             jobs.push((JobKind::Retention, spec));
+        }
+        if let Some(spec) = &cfg.drill_schedule {
+            jobs.push((JobKind::Drill, spec.clone()));
         }
         for (kind, spec) in jobs {
             match parse_schedule(&spec) {
@@ -139,7 +209,7 @@ async fn run_schedule(
 
 /// Runs `kind` of `cluster` once and records it; returns the recorded run.
 pub async fn run_once(
-    state: &AppState,
+    state: &Arc<AppState>,
     cluster: &str,
     kind: JobKind,
     trigger: &str,
@@ -159,6 +229,7 @@ pub async fn run_once(
         }
     };
     let lock = state.backups.job_lock(cluster, kind.as_str());
+    let mut report = None;
     let outcome = match lock.try_lock() {
         Err(_) => Outcome::Skipped(format!(
             "the previous {} run of cluster {cluster:?} is still in progress",
@@ -186,6 +257,22 @@ pub async fn run_once(
                 }
             }
             JobKind::Verify => Outcome::Failed("verify runs are never scheduled".into()),
+            JobKind::Drill => {
+                let req = pgwal::api::DrillRequest::default();
+                match crate::jobs::drill::plan(state, cluster, &req).await {
+                    Ok(plan) => {
+                        let f = crate::jobs::drill::finished(
+                            crate::jobs::drill::run(state.clone(), plan, Some(id), None).await,
+                        );
+                        report = f.report;
+                        match f.error {
+                            None => Outcome::Ok(f.detail.unwrap_or_default()),
+                            Some(e) => Outcome::Failed(e),
+                        }
+                    }
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            }
         },
     };
     let (result, error, detail) = match outcome {
@@ -211,7 +298,7 @@ pub async fn run_once(
         ),
     }
     crate::metrics::record_job(cluster, kind.as_str(), result);
-    match runs::finish(&state.archive, id, result, error, detail, None).await {
+    match runs::finish(&state.archive, id, result, error, detail, report.as_ref()).await {
         Ok(run) => Some(run),
         Err(e) => {
             tracing::error!(
@@ -282,6 +369,25 @@ mod tests {
         assert!(parse_schedule("0 17 * * * *").is_ok());
         assert!(parse_schedule("every day").is_err());
         assert!(parse_schedule("61 * * * *").is_err());
+        assert!(parse_schedule("0 5 * * 8").is_err());
+    }
+
+    #[test]
+    fn weekdays_are_crontab_s() {
+        assert_eq!(crontab_weekdays("0").as_deref(), Ok("1"));
+        assert_eq!(crontab_weekdays("7").as_deref(), Ok("1"));
+        assert_eq!(crontab_weekdays("1-5").as_deref(), Ok("2,3,4,5,6"));
+        assert_eq!(crontab_weekdays("5-7").as_deref(), Ok("1,6,7"));
+        assert_eq!(crontab_weekdays("*/2").as_deref(), Ok("1,3,5,7"));
+        assert_eq!(crontab_weekdays("*").as_deref(), Ok("*"));
+        assert_eq!(crontab_weekdays("Mon-Fri").as_deref(), Ok("Mon-Fri"));
+        // Sunday 2026-12-06 05:00 UTC is the first fire of "every Sunday at 5" after a Tuesday.
+        let s = parse_schedule("0 5 * * 0").expect("valid");
+        let after = chrono::DateTime::parse_from_rfc3339("2026-12-01T13:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let next = s.after(&after).next().expect("fires");
+        assert_eq!(next.to_rfc3339(), "2026-12-06T05:00:00+00:00");
     }
 
     #[test]

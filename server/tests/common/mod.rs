@@ -80,6 +80,7 @@ pub async fn server_with_config(data_dir: &Path, text: &str, streaming: bool) ->
         receivers,
         backups: Default::default(),
         jobs: Default::default(),
+        drills: Default::default(),
     });
     let env = Env {
         state,

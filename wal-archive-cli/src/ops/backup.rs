@@ -179,12 +179,12 @@ pub fn print_list(backups: &[BackupInfo]) {
         return;
     }
     println!(
-        "{:<17} {:<15} {:<25} {:<25} {:<12} {:>10} {:>10} {:>10} keep",
-        "id", "status", "begin", "end", "end lsn", "size", "stored", "dedup"
+        "{:<17} {:<15} {:<25} {:<25} {:<12} {:>10} {:>10} {:>10} {:<4} last drill",
+        "id", "status", "begin", "end", "end lsn", "size", "stored", "dedup", "keep"
     );
     for b in backups {
         println!(
-            "{:<17} {:<15} {:<25} {:<25} {:<12} {:>10} {:>10} {:>10} {}",
+            "{:<17} {:<15} {:<25} {:<25} {:<12} {:>10} {:>10} {:>10} {:<4} {}",
             b.id,
             b.status,
             b.begin_time,
@@ -193,8 +193,23 @@ pub fn print_list(backups: &[BackupInfo]) {
             human_bytes(b.size_bytes),
             human_bytes(b.stored_bytes),
             human_bytes(b.deduplicated_bytes),
-            if b.keep { "keep" } else { "" }
+            if b.keep { "keep" } else { "" },
+            drill_line(b)
         );
+    }
+}
+
+/// A backup's newest drill in a few words: `ok 2026-… (recovered in 4.2 s)`, or `-`.
+fn drill_line(b: &BackupInfo) -> String {
+    match &b.last_drill {
+        None => "-".into(),
+        Some(d) => {
+            let when = d.ended_at.as_deref().unwrap_or(&d.started_at);
+            match (d.result.as_str(), d.recovery_seconds) {
+                ("ok", Some(s)) => format!("ok {when} (recovered in {s:.1} s)"),
+                (result, _) => format!("{result} {when} (drill {})", d.id),
+            }
+        }
     }
 }
 
@@ -243,6 +258,10 @@ pub fn print_info(b: &BackupInfo) {
     println!("  keep:          {}", if b.keep { "yes" } else { "no" });
     if let Some(r) = &b.retention {
         println!("  retention:     {r}");
+    }
+    println!("  last drill:    {}", drill_line(b));
+    if let Some(e) = b.last_drill.as_ref().and_then(|d| d.error.as_deref()) {
+        println!("  drill error:   {e}");
     }
     for t in &b.tablespaces {
         println!(
