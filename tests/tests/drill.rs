@@ -5,7 +5,8 @@
 //!
 //! - `a_drill_replays_the_archive_and_records_what_it_did`: a passing drill of the latest
 //!   backup: its record (the backup, the WAL range and files applied, the timings, the sanity
-//!   query), `list`/`show` (last drill per backup), `check`, `/metrics`; the scratch directory
+//!   query), `list`/`show` (last drill per backup), `check`, `/metrics`, the status page and its
+//!   JSON; the scratch directory
 //!   is gone and no PostgreSQL of it runs; a second drill beside a running one is refused; a
 //!   drill to a recovery target stops there.
 //! - `a_drill_fails_naming_a_segment_missing_from_storage`: a segment between the backup and
@@ -248,6 +249,25 @@ fn a_drill_replays_the_archive_and_records_what_it_did() -> Result<()> {
     ] {
         ensure!(metrics.contains(wanted), "/metrics lacks {wanted}");
     }
+    // The status page's JSON and the page itself show the backup's last drill.
+    let status = rig.server.api().get("/v1/clusters/main/status", None)?;
+    ensure!(status.status == 200, "status: {}", status.short());
+    let status: serde_json::Value = status.json()?;
+    let backups = status["clusters"][0]["backups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        backups
+            .iter()
+            .any(|b| b["last_drill"]["id"] == r["id"] && b["last_drill"]["result"] == "ok"),
+        "the status JSON lacks the drill: {status}"
+    );
+    let page = String::from_utf8(rig.server.api().get("/", None)?.body)?;
+    ensure!(
+        page.contains("data-drill-result=\"ok\""),
+        "the status page does not show the passing drill"
+    );
 
     // One at a time per cluster: a drill requested while one runs is refused, saying so.
     let first = {
