@@ -34,6 +34,7 @@ pub mod history;
 pub mod lsn;
 pub mod name;
 pub mod page;
+pub mod quote;
 pub mod ranges;
 pub mod segment;
 pub mod synth;

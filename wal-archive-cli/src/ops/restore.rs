@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use pgwal::api::{BackupFile, BackupFiles, BackupInfo, CONTENT_SHA256_HEADER};
 use pgwal::checksum::{sha256_hex, Sha256};
+use pgwal::quote::{conf_string, shell_word};
 
 use crate::args::{GlobalArgs, RestoreArgs};
 use crate::client::{status_failure, with_retries, Client, Failure};
@@ -822,24 +823,6 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// A value for postgresql.conf: single-quoted, `'` doubled and `\` escaped.
-fn conf_string(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-/// A word for the shell that runs restore_command (`sh -c`).
-fn shell_word(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
-
 /// `restore_command`: this very binary, the server it was asked, credentials by reference.
 fn restore_command(global: &GlobalArgs, args: &RestoreArgs) -> Result<String> {
     let exe = std::env::current_exe().context("cannot find the path of this wal-archive binary")?;
@@ -1008,13 +991,6 @@ mod tests {
         assert!(below(root, "/etc/passwd").is_err());
         assert!(below(root, "base/../../x").is_err());
         assert!(below(root, "").is_err());
-    }
-
-    #[test]
-    fn conf_and_shell_quoting() {
-        assert_eq!(conf_string("a'b\\c"), "'a''b\\\\c'");
-        assert_eq!(shell_word("/usr/bin/wal-archive"), "/usr/bin/wal-archive");
-        assert_eq!(shell_word("a b'c"), "'a b'\\''c'");
     }
 
     #[test]

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use pgwal::api::{DrillReport, DrillRequest, JobReport};
 use pgwal::name::WalFileName;
+use pgwal::quote::shell_word;
 use pgwal::{Lsn, SegmentSize};
 
 use crate::backup::catalog::BackupRow;
@@ -1036,19 +1037,6 @@ fn write_configuration(
 /// A TOML basic string.
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
-}
-
-/// A word for the shell that runs `restore_command` (`sh -c`).
-fn shell_word(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
 }
 
 fn random_hex() -> Result<String, String> {
