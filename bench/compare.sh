@@ -416,14 +416,14 @@ declare -A DRAIN CATCH STORED
 for r in $(seq 1 "$ROUNDS"); do
   # Archives of this round; the standbys below restore from them.
   CPDIR="$WORK/cp-archive$r"; mkdir -p "$CPDIR"; own_pg "$CPDIR"
-  SPOOL="$WORK/wa-spool$r"; mkdir -p "$SPOOL"; own_pg "$SPOOL"
+  SPOOL="$WORK/wa-spool$r"; mkdir -p -m 700 "$SPOOL"; own_pg "$SPOOL"
   PUSH_CMD="$WA --url $URL push --cluster bench$r$PUSH_OPTS$([ "$HAS_SPOOL" = 1 ] && echo " --spool-dir $SPOOL") %p"
   pgbr_conf "$WORK/pgbr/push$r.conf" "$WORK/pg-pgbackrest" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-push$r"
 
   DRAIN[wal-archive]+="$(drain wal-archive "$PUSH_CMD") "
   echo "bench: round $r drain wal-archive $(last "${DRAIN[wal-archive]}") s" >&2
   if [ "$S3" = 1 ]; then
-    mkdir -p "$SPOOL-s3"; own_pg "$SPOOL-s3"
+    mkdir -p -m 700 "$SPOOL-s3"; own_pg "$SPOOL-s3"
     CPU_PIDS="$S3_SERVER_PID $WEED_PID"
     DRAIN[wal-archive-s3]+="$(drain wal-archive-s3 "$WA --url $URL_S3 push --cluster bench$r$PUSH_OPTS$([ "$HAS_SPOOL" = 1 ] && echo " --spool-dir $SPOOL-s3") %p") "
     CPU_PIDS="$SERVER_PID"
@@ -443,7 +443,7 @@ for r in $(seq 1 "$ROUNDS"); do
   fi
 
   pgbr_conf "$WORK/pgbr/get$r.conf" "$WORK/sb-pgbackrest" "$WORK/pgbr/repo$r" "$WORK/pgbr/spool-get$r"
-  FSPOOL="$WORK/wa-fetch-spool$r"; mkdir -p "$FSPOOL" "$FSPOOL-rtt"; own_pg "$FSPOOL" "$FSPOOL-rtt"
+  FSPOOL="$WORK/wa-fetch-spool$r"; mkdir -p -m 700 "$FSPOOL" "$FSPOOL-rtt"; own_pg "$FSPOOL" "$FSPOOL-rtt"
   CATCH[wal-archive]+="$(catchup wal-archive "$WA --url $URL fetch --cluster bench$r$FETCH_OPTS$([ "$HAS_FETCH_SPOOL" = 1 ] && echo " --spool-dir $FSPOOL") %f %p") "
   echo "bench: round $r catch-up wal-archive $(last "${CATCH[wal-archive]}") s" >&2
   if [ -n "$PROXY_URL" ]; then
@@ -451,7 +451,7 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "bench: round $r catch-up wal-archive +${RTT_MS}ms RTT $(last "${CATCH[wal-archive-rtt]}") s" >&2
   fi
   if [ "$S3" = 1 ]; then
-    mkdir -p "$FSPOOL-s3"; own_pg "$FSPOOL-s3"
+    mkdir -p -m 700 "$FSPOOL-s3"; own_pg "$FSPOOL-s3"
     CPU_PIDS="$S3_SERVER_PID $WEED_PID"
     CATCH[wal-archive-s3]+="$(catchup wal-archive-s3 "$WA --url $URL_S3 fetch --cluster bench$r$FETCH_OPTS$([ "$HAS_FETCH_SPOOL" = 1 ] && echo " --spool-dir $FSPOOL-s3") %f %p") "
     CPU_PIDS="$SERVER_PID"
@@ -512,7 +512,7 @@ live() { # name command [pgbackrest config]: prints "lag_s tps wal_MB"
 declare -A LIVE_R
 if [ "$LIVE" = 1 ]; then
   echo "bench: live archiving under pgbench -T $LIVE_DURATION (scale $LIVE_SCALE)" >&2
-  mkdir -p "$WORK/cp-live" "$WORK/wa-spool-live"; own_pg "$WORK/cp-live" "$WORK/wa-spool-live"
+  mkdir -p "$WORK/cp-live"; mkdir -p -m 700 "$WORK/wa-spool-live"; own_pg "$WORK/cp-live" "$WORK/wa-spool-live"
   pgbr_conf "$WORK/pgbr/live.conf" "$WORK/pg-live-pgbackrest" "$WORK/pgbr/repo-live" "$WORK/pgbr/spool-live"
   LIVE_R[wal-archive]=$(live wal-archive "$WA --url $URL push --cluster live$PUSH_OPTS$([ "$HAS_SPOOL" = 1 ] && echo " --spool-dir $WORK/wa-spool-live") %p")
   echo "bench: live wal-archive: lag s, TPS, WAL MB: ${LIVE_R[wal-archive]}" >&2
