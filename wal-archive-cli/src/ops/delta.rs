@@ -106,6 +106,29 @@ pub fn prepare(target: &Path, system_identifier: &str) -> Result<()> {
     Ok(())
 }
 
+/// A tablespace destination a delta restore may clean: absent, empty, or holding only
+/// PostgreSQL's per-version directories (`PG_15_202209061`, ...). Anything else is someone's
+/// data, and a wrong `--tablespace` must not wipe it.
+pub fn check_tablespace_destination(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        if !name.to_string_lossy().starts_with("PG_") {
+            bail!(
+                "{} holds {:?}, which is not a PostgreSQL tablespace directory; restore --delta \
+                 cleans a tablespace's destination and will not touch it (nothing was changed)",
+                dir.display(),
+                name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Ends a delta restore: the mark goes, durably.
 pub fn finish(target: &Path) -> Result<()> {
     std::fs::remove_file(target.join(IN_PROGRESS))
@@ -187,7 +210,8 @@ pub fn expected_tree<'a>(
 }
 
 /// Removes below each root whatever `expected` does not list with the same kind (links are
-/// never followed); the mark at the top of `target` stays. Returns how many entries went.
+/// never followed, but for a `pg_wal` link to a directory); the mark at the top of `target`
+/// stays. Returns how many entries went.
 pub fn remove_extraneous(
     roots: &[PathBuf],
     target: &Path,
@@ -206,8 +230,11 @@ pub fn remove_extraneous(
                 continue;
             }
             let kind = entry.file_type()?;
+            // pg_wal is often a link to a directory on another disk (initdb --waldir): the
+            // link stays, and what it points to is cleaned like pg_wal itself.
+            let wal_link = kind.is_symlink() && path == target.join("pg_wal") && path.is_dir();
             let keep = match expected.get(&path) {
-                Some(Expected::Dir) if kind.is_dir() => {
+                Some(Expected::Dir) if kind.is_dir() || wal_link => {
                     stack.push(path.clone());
                     true
                 }
@@ -248,6 +275,9 @@ pub fn unchanged(files: &[(&BackupFile, PathBuf)], jobs: usize, quiet: bool) -> 
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
+                if first_error.lock().is_ok_and(|e| e.is_some()) {
+                    return;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((file, path)) = files.get(i) else {
                     return;
@@ -362,13 +392,22 @@ mod tests {
         );
         assert_eq!(tree.get(&root.join("base")), Some(&Expected::Dir));
         assert!(!tree.contains_key(&root));
+        // pg_wal on another disk: the link stays, its old WAL goes.
+        let waldir = dir.path().join("waldisk");
+        std::fs::create_dir_all(&waldir).expect("mkdir");
+        std::fs::write(waldir.join("000000010000000000000007"), "old").expect("write");
+        std::fs::remove_dir_all(root.join("pg_wal")).expect("rm");
+        std::os::unix::fs::symlink(&waldir, root.join("pg_wal")).expect("link");
         let removed = remove_extraneous(&roots, &root, &tree).expect("remove");
+        assert!(std::fs::symlink_metadata(root.join("pg_wal"))
+            .expect("pg_wal")
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_dir(&waldir).expect("list").count(), 0);
         assert!(kept.is_file());
         assert!(root.join(IN_PROGRESS).is_file());
-        assert!(root.join("pg_wal").is_dir());
         for gone in [
             "base/1/101",
-            "pg_wal/000000010000000000000009",
             "postmaster.pid",
             "pg_notify",
             "pg_replslot",
@@ -380,5 +419,17 @@ mod tests {
             );
         }
         assert_eq!(removed, 6);
+    }
+
+    #[test]
+    fn a_tablespace_destination_with_other_data_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ts = dir.path().join("ts");
+        check_tablespace_destination(&ts).expect("absent");
+        std::fs::create_dir_all(ts.join("PG_15_202209061")).expect("mkdir");
+        check_tablespace_destination(&ts).expect("a tablespace");
+        std::fs::write(ts.join("important.csv"), "x").expect("write");
+        let err = check_tablespace_destination(&ts).expect_err("refused");
+        assert!(err.to_string().contains("important.csv"), "{err}");
     }
 }

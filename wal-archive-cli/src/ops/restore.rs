@@ -182,6 +182,9 @@ fn restore_delta(
         .system_identifier
         .as_deref()
         .context("the backup has no system identifier; --delta cannot check the target")?;
+    for d in tablespaces.values() {
+        delta::check_tablespace_destination(d)?;
+    }
     delta::prepare(target, system_identifier)?;
     let result: Result<Restored> = (|| {
         for d in tablespaces.values() {
