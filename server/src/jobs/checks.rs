@@ -317,6 +317,9 @@ async fn queries(
         )
     });
     let wanted = format!("--cluster {cluster}");
+    // Shown to every reader of the cluster (check, the status page): never a secret in it.
+    let archive_command_raw = archive_command;
+    let archive_command = &redact_secrets(&archive_command_raw);
     let archiving_on = archive_mode == "on" || archive_mode == "always";
     checks.push(if cfg.streaming {
         ok(
@@ -327,8 +330,8 @@ async fn queries(
             ),
         )
     } else if archiving_on
-        && archive_command.contains("wal-archive")
-        && archive_command.contains(&wanted)
+        && archive_command_raw.contains("wal-archive")
+        && archive_command_raw.contains(&wanted)
     {
         ok(
             "archive_command",
@@ -896,5 +899,49 @@ pub async fn wait_archived(
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A command line with the values of secrets replaced by `***`: `--token S`, `--token=S`,
+/// `WAL_ARCHIVE_TOKEN=S`, `PGPASSWORD=S`, `password=S` (a conninfo's).
+pub fn redact_secrets(command: &str) -> String {
+    const AFTER_EQUALS: [&str; 4] = ["--token=", "WAL_ARCHIVE_TOKEN=", "PGPASSWORD=", "password="];
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for word in command.split(' ') {
+        if hide_next && !word.is_empty() {
+            out.push("***".to_string());
+            hide_next = false;
+            continue;
+        }
+        hide_next = word == "--token";
+        let shown = AFTER_EQUALS
+            .iter()
+            .find_map(|key| {
+                word.find(key)
+                    .map(|at| format!("{}***", &word[..at + key.len()]))
+            })
+            .unwrap_or_else(|| word.to_string());
+        out.push(shown);
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_in_a_command_are_never_shown() {
+        let shown = super::redact_secrets(
+            "WAL_ARCHIVE_TOKEN=s1 wal-archive --token s2 --url http://x push --token=s3 \
+             --cluster main %p 'password=s4'",
+        );
+        for secret in ["s1", "s2", "s3", "s4"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("--cluster main %p"), "{shown}");
+        assert_eq!(
+            super::redact_secrets("wal-archive push --cluster main %p"),
+            "wal-archive push --cluster main %p"
+        );
     }
 }
