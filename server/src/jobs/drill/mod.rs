@@ -1023,6 +1023,12 @@ fn write_configuration(
         ("recovery_target_timeline", files.timeline.clone()),
         ("recovery_target_action", "pause".into()),
         ("shared_preload_libraries", String::new()),
+        // Commands and libraries the backup's own settings may name run on this host, as the
+        // drill's user: none of them (archive_cleanup_command could delete an archive here).
+        ("archive_cleanup_command", String::new()),
+        ("recovery_end_command", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("local_preload_libraries", String::new()),
         ("ssl", "off".into()),
         ("huge_pages", "try".into()),
         ("logging_collector", "off".into()),
