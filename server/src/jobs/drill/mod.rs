@@ -482,12 +482,8 @@ fn check_reachable(config: &Config, run_as: &RunAs, wal_archive: &Path) -> Resul
             ));
         }
     }
-    scratch::prepare_drill_dir(&config.drill_dir, run_as).map_err(|e| {
-        format!(
-            "cannot create drill_dir {}: {e}",
-            config.drill_dir.display()
-        )
-    })?;
+    scratch::prepare_drill_dir(&config.drill_dir, run_as)
+        .map_err(|e| format!("drill_dir cannot be used: {e}"))?;
     if let RunAs::User { name, .. } = run_as {
         if !run_as.can("-x", &config.drill_dir) {
             return Err(format!(

@@ -133,11 +133,25 @@ pub fn tag(data_dir: &Path) -> String {
 
 /// Creates `drill_dir` if needed: owner-only, or traversable (not readable) by others when the
 /// drill's PostgreSQL runs as another user, who must reach its own scratch directory inside.
+/// An existing directory must be this server's own and writable by nobody else (a shared
+/// directory such as /var/tmp is refused, never re-moded).
 pub fn prepare_drill_dir(drill_dir: &Path, run_as: &RunAs) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(drill_dir)?;
+    let meta = fs::symlink_metadata(drill_dir)?;
+    let me = fs::metadata("/proc/self")?.uid();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o7022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is not a directory of this server's own that only it may write to (owner uid \
+             {}, mode {:o}): give drill_dir a dedicated directory",
+            drill_dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
     let mode = match run_as {
         RunAs::Myself => 0o700,
         RunAs::User { .. } => 0o711,
@@ -346,6 +360,22 @@ pub fn clean_leftovers(drill_dir: &Path, tag: &str) -> io::Result<Vec<(PathBuf, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_drill_dir_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let own = dir.path().join("drills");
+        prepare_drill_dir(&own, &RunAs::Myself).expect("created");
+        let mode = fs::metadata(&own).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = prepare_drill_dir(&shared, &RunAs::Myself).expect_err("refused");
+        assert!(err.to_string().contains("dedicated directory"), "{err}");
+        let mode = fs::metadata(&shared).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777);
+    }
 
     #[test]
     fn leftovers_of_this_server_only_are_removed() {
