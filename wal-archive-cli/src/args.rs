@@ -77,7 +77,7 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Archive one WAL file (archive_command = 'wal-archive push --cluster C %p').
     Push {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Path of the WAL file (PostgreSQL's %p).
         #[arg(required_unless_present = "test", conflicts_with = "test")]
@@ -90,7 +90,7 @@ pub enum Command {
     },
     /// Restore one WAL file (restore_command = 'wal-archive fetch --cluster C %f %p').
     Fetch {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Name of the WAL file (PostgreSQL's %f).
         walname: String,
@@ -104,12 +104,12 @@ pub enum Command {
     /// The prefetch worker that `fetch` starts in the background (not for direct use).
     #[command(hide = true)]
     FetchWorker {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
     },
     /// Apply the cluster's retention policy now (the server also runs it on schedule).
     Retention {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Show what would be removed, remove nothing.
         #[arg(long)]
@@ -117,12 +117,12 @@ pub enum Command {
     },
     /// Runs of scheduled and requested jobs (backups, retention), newest first.
     Jobs {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
     },
     /// Run pg_switch_wal() on the cluster (after a checkpoint on an idle one).
     SwitchWal {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Wait until the closed segment is in the archive.
         #[arg(long)]
@@ -133,7 +133,7 @@ pub enum Command {
     },
     /// Check the archive of a cluster: one line per check, OK or FAILED with the fix.
     Check {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Nagios plugin output and exit codes (0 OK, 2 CRITICAL, 3 UNKNOWN).
         #[arg(long)]
@@ -144,17 +144,17 @@ pub enum Command {
     /// a check fails).
     Status {
         /// Only this cluster [default: every cluster the token may read].
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: Option<String>,
     },
     /// Show the archive's timelines, contiguous WAL ranges and gaps.
     Wal {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
     },
     /// Take a base backup of a cluster (the server connects to it with the cluster's conninfo).
     Backup {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Wait until the backup is done (or failed), showing its progress; without it the
         /// backup's id is printed and the backup goes on in the server.
@@ -167,12 +167,12 @@ pub enum Command {
     },
     /// List the backups of a cluster, newest first.
     List {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
     },
     /// Show one backup.
     Show {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Backup id, or `latest` (the newest done backup).
         backup: String,
@@ -183,7 +183,7 @@ pub enum Command {
     /// Re-read and re-hash a backup's stored files and check its WAL; print each problem
     /// (exit 1 if there is any).
     Verify {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Backup id or `latest` [default: every done backup].
         backup: Option<String>,
@@ -194,14 +194,14 @@ pub enum Command {
     Drill(DrillArgs),
     /// Delete a backup (refused for a kept one, or below the cluster's minimum redundancy).
     Delete {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Backup id or `latest`.
         backup: String,
     },
     /// Keep a backup regardless of the retention policy (or stop keeping it with --release).
     Keep {
-        #[arg(long)]
+        #[arg(long, value_parser = cluster_name)]
         cluster: String,
         /// Backup id or `latest`.
         backup: String,
@@ -251,7 +251,7 @@ impl TargetAction {
         .multiple(false)
 ))]
 pub struct RestoreArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = cluster_name)]
     pub cluster: String,
     /// Backup id, or `latest` (the newest done backup).
     pub backup: String,
@@ -313,7 +313,7 @@ pub struct RestoreArgs {
         .multiple(false)
 ))]
 pub struct DrillArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = cluster_name)]
     pub cluster: String,
     /// Backup id, or `latest` (the newest done backup).
     #[arg(default_value = "latest")]
@@ -336,4 +336,39 @@ pub struct DrillArgs {
     /// Timeline to recover along: `latest`, `current` or a number [default: latest].
     #[arg(long)]
     pub target_timeline: Option<String>,
+}
+
+/// A cluster name as the server accepts it (1 to 64 letters, digits, `_` or `-`, starting with
+/// a letter or digit; the server's `config::validate_cluster_name`, repeated because this file
+/// is also compiled alone for the man pages): it becomes part of every URL.
+fn cluster_name(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err("use 1 to 64 letters, digits, '_' or '-', starting with a letter or digit".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn a_cluster_name_that_is_not_one_is_refused_before_any_request() {
+        for bad in ["main/switch-wal?", "../x", "", "-x", "a b"] {
+            assert!(
+                super::Cli::try_parse_from(["wal-archive", "push", "--cluster", bad, "f"]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(
+            super::Cli::try_parse_from(["wal-archive", "push", "--cluster", "db-1_x", "f"]).is_ok()
+        );
+    }
 }
