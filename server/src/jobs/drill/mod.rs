@@ -763,6 +763,7 @@ async fn drive(
     let mut waiting_since: Option<(String, Instant)> = None;
     let mut ended_at: Option<Instant> = None;
     let mut crashed_here = false;
+    let mut last_connect_error: Option<String> = None;
     let outcome: Result<(), String> = loop {
         let pg = running.pg.as_mut().ok_or("PostgreSQL handle lost")?;
         if let Some(status) = pg.exited() {
@@ -785,8 +786,11 @@ async fn drive(
                         crate::crash::point("drill.postgres_running");
                     }
                 }
-                // Not consistent yet ("the database system is starting up"), or not up yet.
-                Err(e) if e.sqlstate() == Some("57P03") || e.sqlstate().is_none() => {}
+                // Not consistent yet ("the database system is starting up"), or not up yet;
+                // kept, to say why if it never answers.
+                Err(e) if e.sqlstate() == Some("57P03") || e.sqlstate().is_none() => {
+                    last_connect_error = Some(e.to_string());
+                }
                 Err(e) => {
                     break Err(format!(
                         "cannot connect to the drill's PostgreSQL as any of {}: {e}",
@@ -853,7 +857,8 @@ async fn drive(
             if ended_at.is_some_and(|t| t.elapsed() > CONNECT_AFTER_END) {
                 break Err(format!(
                     "replay reached the end of the archive, but the drill's PostgreSQL never \
-                     accepted a connection; its log ends with:\n{}",
+                     accepted a connection (last attempt: {}); its log ends with:\n{}",
+                    last_connect_error.as_deref().unwrap_or("none made"),
                     pg.log_tail(15)
                 ));
             }
@@ -1131,7 +1136,8 @@ async fn stalled(
                 "segment {name} is cataloged but its object {} is missing from storage",
                 row.object_key
             ),
-            _ => format!("segment {name} could not be fetched"),
+            Ok(Some(_)) => format!("segment {name} could not be fetched"),
+            Err(e) => format!("segment {name} could not be fetched (the catalog: {e})"),
         },
         Some(status) => {
             let detail = match name.parse::<WalFileName>() {
