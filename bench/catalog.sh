@@ -6,7 +6,8 @@
 # A PostgreSQL 15 cluster (16 MiB segments) writes real segments, copied aside by its
 # archive_command. Two servers take them: EMPTY, with nothing else in its catalog, and FULL, whose
 # catalog gets WAL_ROWS synthetic WAL rows and BACKUPS synthetic done backups (10 files each)
-# from bench/catalog_fill.py (their objects do not exist: the size is what is measured).
+# from bench/catalog_fill.py, each with an object in FULL's storage (an empty file: start-up
+# lists every object, as it would in a real archive of that size, and reads none).
 #
 # Printed, medians of several calls each:
 #   - FULL's start-up (until /healthz answers), with reconciliation of those rows;
@@ -112,7 +113,7 @@ push_timed "$EMPTY_PORT" "${SEGS[0]}" >/dev/null
 push_timed "$FULL_PORT" "${SEGS[0]}" >/dev/null
 stop_server "$full_PID"
 echo "bench: filling FULL's catalog: $WAL_ROWS WAL rows, $BACKUPS backups" >&2
-python3 bench/catalog_fill.py "$WORK/full/catalog.sqlite3" "$WAL_ROWS" "$BACKUPS" >&2
+python3 bench/catalog_fill.py "$WORK/full/catalog.sqlite3" "$WAL_ROWS" "$BACKUPS" "$WORK/full/storage" >&2
 start_server full "$FULL_PORT"
 STARTUP=$STARTED
 

@@ -1,18 +1,36 @@
 #!/usr/bin/env python3
 """Fills a wal-archive catalog with synthetic rows, for bench/catalog.sh: WAL files of cluster
-`main` on timeline 1 (named after the real segments already there, with objects that do not
-exist) and done backups with a few files each.
+`main` on timeline 1 (named after the real segments already there) and done backups with a few
+files each. With STORAGE (the server's local storage root), every row gets an object there: an
+empty file, so that start-up finds the archive whole and lists what a real one would list
+(nothing reads an object's content at start-up).
 
-    python3 bench/catalog_fill.py CATALOG WAL_ROWS BACKUPS
+    python3 bench/catalog_fill.py CATALOG WAL_ROWS BACKUPS [STORAGE]
 
 The server must be stopped. Rows are inserted in large transactions, through the triggers that
 keep the per-cluster aggregates, as the server would write them one by one.
 """
+import os
 import sqlite3
 import sys
 import datetime
 
 catalog, wal_rows, backups = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+storage = sys.argv[4] if len(sys.argv) > 4 else None
+
+
+def touch(key):
+    """An empty object at `key` under STORAGE, if given."""
+    if storage is None:
+        return
+    path = os.path.join(storage, key)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
 db = sqlite3.connect(catalog, isolation_level=None)
 db.execute("pragma journal_mode = wal")
 db.execute("pragma synchronous = normal")
@@ -52,6 +70,8 @@ for first in range(0, wal_rows, batch):
         ),
     )
     db.execute("commit")
+    for i in range(first, min(first + batch, wal_rows)):
+        touch("wal/main/%s/%s.zst" % (name(start + i)[:16], name(start + i)))
 
 db.execute("begin")
 for b in range(backups):
@@ -73,6 +93,7 @@ for b in range(backups):
             "created_at) values ('main', ?, 100, 10, ?, ?)",
             (sha, "backups/main/data/%s/%s.zst" % (sha[:2], sha), t.strftime("%Y-%m-%dT%H:%M:%SZ")),
         )
+        touch("backups/main/data/%s/%s.zst" % (sha[:2], sha))
         db.execute(
             "insert into backup_files (cluster, backup_id, tablespace_oid, path, kind, size, sha256, "
             "mode, mtime, link_target) values ('main', ?, null, ?, 'file', 100, ?, 384, 0, null)",

@@ -51,6 +51,24 @@ pub struct WalEntry {
     pub archived_at: String,
 }
 
+/// Timelines, ranges and gaps of one cluster's stored WAL (`GET /v1/clusters/{cluster}/timelines`),
+/// what `wal-archive wal` shows: read from the catalog's aggregates, without listing the files.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalSummary {
+    pub cluster: String,
+    /// As in [`WalListing`].
+    pub system_identifier: Option<String>,
+    pub segment_size: Option<u64>,
+    /// Files stored (every kind).
+    pub files: u64,
+    /// Every timeline with a stored file, in order.
+    pub timelines: Vec<crate::ranges::TimelineSummary>,
+    /// Files the catalog lists but storage no longer holds: how many, and the first names
+    /// (at most 1000) in WAL order.
+    pub missing_files: u64,
+    pub missing: Vec<String>,
+}
+
 /// The WAL catalog of one cluster.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WalListing {

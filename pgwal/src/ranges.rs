@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::name::WalFileName;
 use crate::segment::{SegmentSize, TimeLineId};
 
 /// The segments of one timeline.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineSummary {
     pub tli: TimeLineId,
     /// Runs of consecutive segments, as (first, last) names, inclusive, in WAL order.
@@ -55,7 +55,6 @@ pub fn summarize<'a>(
     by_tli
         .into_iter()
         .map(|(tli, acc)| {
-            let seg_name = |n: u64| WalFileName::segment(tli, n, size).to_string();
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for &n in &acc.segnos {
                 match runs.last_mut() {
@@ -63,22 +62,33 @@ pub fn summarize<'a>(
                     _ => runs.push((n, n)),
                 }
             }
-            let gaps = runs
-                .windows(2)
-                .map(|w| (seg_name(w[0].1 + 1), seg_name(w[1].0 - 1)))
-                .collect();
-            TimelineSummary {
-                tli,
-                ranges: runs
-                    .iter()
-                    .map(|&(a, b)| (seg_name(a), seg_name(b)))
-                    .collect(),
-                gaps,
-                segments: acc.segnos.len() as u64,
-                has_history: acc.has_history,
-            }
+            timeline_summary(tli, &runs, acc.has_history, size)
         })
         .collect()
+}
+
+/// The summary of timeline `tli` from its runs of consecutive segment numbers (inclusive,
+/// ascending, neither overlapping nor adjacent).
+pub fn timeline_summary(
+    tli: TimeLineId,
+    runs: &[(u64, u64)],
+    has_history: bool,
+    size: SegmentSize,
+) -> TimelineSummary {
+    let seg_name = |n: u64| WalFileName::segment(tli, n, size).to_string();
+    TimelineSummary {
+        tli,
+        ranges: runs
+            .iter()
+            .map(|&(a, b)| (seg_name(a), seg_name(b)))
+            .collect(),
+        gaps: runs
+            .windows(2)
+            .map(|w| (seg_name(w[0].1 + 1), seg_name(w[1].0 - 1)))
+            .collect(),
+        segments: runs.iter().map(|&(a, b)| b - a + 1).sum(),
+        has_history,
+    }
 }
 
 #[cfg(test)]

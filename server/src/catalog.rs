@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
+pub mod ranges;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog error: {0}")]
@@ -51,6 +53,21 @@ pub struct WalRow {
     pub object_key: String,
     pub archived_at: String,
     pub state: String,
+}
+
+/// How many missing files a summary names (all are counted).
+pub const MISSING_LISTED: u32 = 1000;
+
+/// What [`Catalog::wal_summary`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalSummaryRows {
+    pub files: u64,
+    /// Rows whose object storage no longer holds; the first [`MISSING_LISTED`] are `missing`.
+    pub missing_files: u64,
+    /// The runs of consecutive stored segments, by timeline then segment number.
+    pub runs: Vec<ranges::Run>,
+    pub timelines: Vec<pgwal::ranges::TimelineSummary>,
+    pub missing: Vec<String>,
 }
 
 /// Aggregates of one cluster's WAL catalog.
@@ -117,6 +134,10 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0006_jobs.sql")),
         M::up(include_str!("../../migrations/0007_status_aggregates.sql")),
         M::up(include_str!("../../migrations/0008_drills.sql")),
+        M::up_with_hook(
+            include_str!("../../migrations/0009_wal_ranges.sql"),
+            |tx: &rusqlite::Transaction| Ok(ranges::rebuild_all(tx)?),
+        ),
     ])
 }
 
@@ -308,11 +329,24 @@ impl Catalog {
     /// at the new object and is served again.
     pub async fn repair_wal(&self, row: WalRow) -> Result<(), CatalogError> {
         self.call(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            let before: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT kind, state FROM wal_files
+                     WHERE cluster = ?1 AND name = ?2 AND sha256 = ?3",
+                    params![row.cluster, row.name, row.sha256],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            tx.execute(
                 "UPDATE wal_files SET stored_size = ?3, xxh3 = COALESCE(?4, xxh3), state = 'ok'
                  WHERE cluster = ?1 AND name = ?2 AND sha256 = ?5",
                 params![row.cluster, row.name, row.stored_size, row.xxh3, row.sha256],
             )?;
+            if let Some((kind, state)) = before {
+                ranges::row_changed(&tx, &row.cluster, &row.name, &kind, state == "ok", true)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -388,13 +422,8 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE wal_files SET state = ?3 WHERE cluster = ?1 AND name = ?2",
-                )?;
-                for (cluster, name, state) in &states {
-                    stmt.execute(params![cluster, name, state])?;
-                }
+            for (cluster, name, state) in &states {
+                set_state(&tx, cluster, name, state)?;
             }
             tx.commit()?;
             Ok(())
@@ -443,8 +472,8 @@ impl Catalog {
         let cluster = cluster.to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT name FROM wal_files WHERE cluster = ?1 AND state <> 'ok'
-                 ORDER BY name LIMIT ?2",
+                "SELECT name FROM wal_files INDEXED BY wal_files_not_ok
+                 WHERE cluster = ?1 AND state <> 'ok' ORDER BY name LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![cluster, limit], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
@@ -487,6 +516,35 @@ impl Catalog {
         .await
     }
 
+    /// Timelines, ranges and gaps of the cluster's stored WAL, its file count and its missing
+    /// files: from `wal_ranges`, `wal_stats` and one primary-key seek per timeline, in one read
+    /// transaction, whatever the number of files. Runs found disagreeing with the
+    /// `wal_timelines` counts are rebuilt from the rows first (logged).
+    pub async fn wal_summary(&self, cluster: &str) -> Result<WalSummaryRows, CatalogError> {
+        let name = cluster.to_string();
+        if let Some(s) = self.read(move |c| wal_summary_rows(c, &name)).await? {
+            return Ok(s);
+        }
+        tracing::warn!(
+            cluster = %cluster,
+            "catalog: the WAL ranges disagree with the per-timeline counts; rebuilding them"
+        );
+        let name = cluster.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            ranges::rebuild(&tx, &name)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        let name = cluster.to_string();
+        self.read(move |c| wal_summary_rows(c, &name))
+            .await?
+            .ok_or_else(|| {
+                CatalogError::Corrupt("WAL ranges still disagree after a rebuild".into())
+            })
+    }
+
     /// WAL stored per hour from `since_hour` (`YYYY-MM-DDTHH`) on, oldest first: a range of
     /// the `wal_hours` aggregate, at most one row per hour.
     pub async fn wal_hours(
@@ -527,10 +585,9 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let (cluster, name) = (cluster.to_string(), name.to_string());
         self.call(move |c| {
-            c.execute(
-                "UPDATE wal_files SET state = ?3 WHERE cluster = ?1 AND name = ?2",
-                params![cluster, name, state],
-            )?;
+            let tx = c.transaction()?;
+            set_state(&tx, &cluster, &name, state)?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -543,6 +600,74 @@ const TIMELINES_SQL: &str = "SELECT timeline, segments FROM wal_timelines \
     WHERE cluster = ?1 AND segments > 0 ORDER BY timeline";
 const WAL_HOURS_SQL: &str = "SELECT hour, files, bytes FROM wal_hours \
     WHERE cluster = ?1 AND hour >= ?2 AND files > 0 ORDER BY hour";
+
+/// The summary, or `None` when the runs disagree with the `wal_timelines` counts.
+fn wal_summary_rows(c: &Connection, cluster: &str) -> Result<Option<WalSummaryRows>, CatalogError> {
+    // One snapshot: a commit between two of these reads would look like an inconsistency.
+    let tx = c.unchecked_transaction()?;
+    let runs = ranges::runs(&tx, cluster)?;
+    if !ranges::consistent(&tx, cluster, &runs)? {
+        return Ok(None);
+    }
+    let size = ranges::segment_size(&tx, cluster)?.unwrap_or(pgwal::SegmentSize::DEFAULT);
+    let (files, missing_files): (u64, u64) = tx
+        .query_row(
+            "SELECT files, missing FROM wal_stats WHERE cluster = ?1",
+            params![cluster],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, 0));
+    let missing = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT name FROM wal_files INDEXED BY wal_files_not_ok
+             WHERE cluster = ?1 AND state <> 'ok' ORDER BY name LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![cluster, MISSING_LISTED], |r| r.get(0))?;
+        rows.collect::<Result<Vec<String>, _>>()?
+    };
+    // Every timeline with a stored file: one seek to the first stored name at or after the
+    // previous timeline's names.
+    let mut timelines = Vec::new();
+    let mut from = String::new();
+    loop {
+        let next: Option<String> = tx
+            .prepare_cached(
+                "SELECT name FROM wal_files WHERE cluster = ?1 AND name >= ?2 AND state = 'ok'
+                 ORDER BY name LIMIT 1",
+            )?
+            .query_row(params![cluster, from], |r| r.get(0))
+            .optional()?;
+        let Some(tli) = next
+            .as_deref()
+            .and_then(|n| n.get(..8))
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+        else {
+            break;
+        };
+        let history: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM wal_files
+                 WHERE cluster = ?1 AND name = ?2 AND state = 'ok')",
+            )?
+            .query_row(params![cluster, format!("{tli:08X}.history")], |r| r.get(0))?;
+        let of_tli: Vec<(u64, u64)> = runs
+            .iter()
+            .filter(|r| r.timeline == tli)
+            .map(|r| (r.first, r.last))
+            .collect();
+        timelines.push(pgwal::ranges::timeline_summary(tli, &of_tli, history, size));
+        from = timeline_name_range(tli).1;
+    }
+    tx.commit()?;
+    Ok(Some(WalSummaryRows {
+        files,
+        missing_files,
+        runs,
+        timelines,
+        missing,
+    }))
+}
 
 /// The first (`ASC`) or last (`DESC`) segment of a timeline's name range.
 fn timeline_end_sql(order: &str) -> String {
@@ -635,7 +760,45 @@ fn insert_wal(c: &Connection, row: &WalRow) -> Result<bool, CatalogError> {
             row.xxh3
         ],
     )?;
+    if n == 1 {
+        ranges::row_changed(
+            c,
+            &row.cluster,
+            &row.name,
+            &row.kind,
+            false,
+            row.state == "ok",
+        )?;
+    }
     Ok(n == 1)
+}
+
+/// Sets the state of one row, keeping `wal_ranges` in step.
+fn set_state(c: &Connection, cluster: &str, name: &str, state: &str) -> rusqlite::Result<()> {
+    let before: Option<(String, String)> = c
+        .prepare_cached("SELECT kind, state FROM wal_files WHERE cluster = ?1 AND name = ?2")?
+        .query_row(params![cluster, name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((kind, old)) = before else {
+        return Ok(());
+    };
+    c.prepare_cached("UPDATE wal_files SET state = ?3 WHERE cluster = ?1 AND name = ?2")?
+        .execute(params![cluster, name, state])?;
+    ranges::row_changed(c, cluster, name, &kind, old == "ok", state == "ok")
+}
+
+/// Deletes one row (retention), keeping `wal_ranges` in step.
+pub fn delete_wal_row(c: &Connection, cluster: &str, name: &str) -> rusqlite::Result<()> {
+    let before: Option<(String, String)> = c
+        .prepare_cached(
+            "DELETE FROM wal_files WHERE cluster = ?1 AND name = ?2 RETURNING kind, state",
+        )?
+        .query_row(params![cluster, name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match before {
+        Some((kind, state)) => ranges::row_changed(c, cluster, name, &kind, state == "ok", false),
+        None => Ok(()),
+    }
 }
 
 fn get_cluster(c: &Connection, name: &str) -> Result<Option<ClusterRow>, CatalogError> {
@@ -1020,5 +1183,110 @@ mod tests {
             .expect("get")
             .expect("row");
         assert_eq!(got.xxh3, Some("ab".repeat(16)));
+    }
+
+    /// What `summarize` over the stored rows says: the reference for `wal_summary`.
+    async fn summarized(c: &Catalog) -> Vec<pgwal::ranges::TimelineSummary> {
+        let names: Vec<pgwal::name::WalFileName> = c
+            .list_wal("main")
+            .await
+            .expect("list")
+            .iter()
+            .filter(|r| r.state == "ok")
+            .filter_map(|r| r.name.parse().ok())
+            .collect();
+        pgwal::ranges::summarize(&names, pgwal::SegmentSize::DEFAULT)
+    }
+
+    /// The ranges kept beside the rows always equal those a full listing gives, through
+    /// inserts (across an xlog id boundary, on several timelines), state changes, repairs and
+    /// deletions, and are rebuilt when someone edits the rows by hand.
+    #[tokio::test]
+    async fn wal_ranges_follow_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        cat.bind_cluster("main", 7, 16 << 20, 15)
+            .await
+            .expect("bind");
+        let size = pgwal::SegmentSize::DEFAULT;
+        let name =
+            |tli: u32, segno: u64| pgwal::name::WalFileName::segment(tli, segno, size).to_string();
+        let check = |step: String| {
+            let cat = cat.clone();
+            async move {
+                let got = cat.wal_summary("main").await.expect("summary");
+                assert_eq!(got.timelines, summarized(&cat).await, "after {step}");
+                let consistent = cat
+                    .read(|c| Ok(wal_summary_rows(c, "main")?.is_some()))
+                    .await
+                    .expect("read");
+                assert!(consistent, "ranges kept in step after {step}");
+            }
+        };
+        // A fixed pseudo-random order over segments 250..270 of timelines 1 and 2.
+        let mut x: u64 = 12345;
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for step in 0..120 {
+            let tli = 1 + next(2) as u32;
+            let segno = 250 + next(20);
+            let n = name(tli, segno);
+            match next(4) {
+                0 | 1 => {
+                    let mut r = row(&n);
+                    r.timeline = tli;
+                    cat.insert_wal(r).await.expect("insert");
+                }
+                2 => {
+                    let state = if next(2) == 0 { "missing" } else { "ok" };
+                    cat.set_wal_state("main", &n, state).await.expect("state");
+                }
+                _ => {
+                    let n2 = n.clone();
+                    cat.call(move |c| Ok(delete_wal_row(c, "main", &n2)?))
+                        .await
+                        .expect("delete");
+                }
+            }
+            check(format!("step {step} on {n}")).await;
+        }
+        let mut history = row("00000002.history");
+        history.kind = "history".into();
+        history.timeline = 2;
+        cat.insert_wal(history).await.expect("history");
+        let mut repaired = row(&name(1, 260));
+        cat.set_wal_state("main", &repaired.name, "missing")
+            .await
+            .expect("missing");
+        check("a segment found missing".into()).await;
+        repaired.stored_size = 9;
+        cat.repair_wal(repaired).await.expect("repair");
+        check("a repair".into()).await;
+        // By hand, without the catalog's code: the reader notices and rebuilds.
+        cat.call(|c| {
+            c.execute(
+                "DELETE FROM wal_files WHERE cluster = 'main' AND name = ?1",
+                params![
+                    pgwal::name::WalFileName::segment(1, 255, pgwal::SegmentSize::DEFAULT)
+                        .to_string()
+                ],
+            )?;
+            c.execute(
+                "INSERT INTO wal_files SELECT cluster, ?1, 'segment', 1, size, sha256,
+                 stored_size, object_key, archived_at, 'ok', xxh3 FROM wal_files LIMIT 1",
+                params![
+                    pgwal::name::WalFileName::segment(1, 400, pgwal::SegmentSize::DEFAULT)
+                        .to_string()
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("edit by hand");
+        check("an edit by hand".into()).await;
     }
 }

@@ -124,7 +124,7 @@ async fn cluster_status(
         })
         .collect();
     let gaps = if timelines.iter().any(|t| t.missing_segments > 0) {
-        gaps(state, cluster, size).await?
+        gaps(state, cluster).await?
     } else {
         Vec::new()
     };
@@ -201,25 +201,15 @@ fn missing_segments(t: &TimelineStats, size: Option<SegmentSize>) -> u64 {
     }
 }
 
-/// The gaps inside each timeline, `FIRST .. LAST` of each missing run.
-async fn gaps(
-    state: &AppState,
-    cluster: &str,
-    size: Option<SegmentSize>,
-) -> Result<Vec<String>, CatalogError> {
-    let Some(size) = size else {
-        return Ok(Vec::new());
-    };
-    let names: Vec<WalFileName> = state
+/// The gaps inside each timeline, `FIRST .. LAST` of each missing run (from the catalog's
+/// ranges, not a listing).
+async fn gaps(state: &AppState, cluster: &str) -> Result<Vec<String>, CatalogError> {
+    Ok(state
         .archive
         .catalog
-        .list_wal_kind(cluster, "segment")
+        .wal_summary(cluster)
         .await?
-        .iter()
-        .filter(|r| r.state == "ok")
-        .filter_map(|r| r.name.parse::<WalFileName>().ok())
-        .collect();
-    Ok(pgwal::ranges::summarize(&names, size)
+        .timelines
         .iter()
         .flat_map(|t| t.gaps.iter().map(|(a, b)| format!("{a} .. {b}")))
         .collect())

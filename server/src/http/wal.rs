@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use pgwal::api::{
-    PushTestResponse, PutResponse, WalEntry, WalListing, CONTENT_SHA256_HEADER,
+    PushTestResponse, PutResponse, WalEntry, WalListing, WalSummary, CONTENT_SHA256_HEADER,
     CONTENT_SIZE_HEADER, CONTENT_XXH3_HEADER,
 };
 use pgwal::name::WalFileName;
@@ -24,6 +24,7 @@ use crate::wal::object_format::Decompressor;
 pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/v1/clusters/{cluster}/wal", get(list_wal))
+        .route("/v1/clusters/{cluster}/timelines", get(timelines))
         .route("/v1/clusters/{cluster}/receiver", get(receiver_status))
         .route("/v1/clusters/{cluster}/check", get(check))
         .route("/v1/clusters/{cluster}/wal-test", post(push_test))
@@ -418,15 +419,38 @@ pub(super) async fn head_wal(
     }
 }
 
-async fn list_wal(
+/// What `wal-archive wal` shows: timelines, ranges, gaps and missing files, from the catalog's
+/// aggregates (a few rows however many files are stored).
+async fn timelines(
     State(state): State<Arc<HttpState>>,
     Path(cluster): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<WalListing>, ApiError> {
+) -> Result<Json<WalSummary>, ApiError> {
     authorize(&state, &headers, &cluster, Operation::Read)?;
     let catalog = &state.archive.catalog;
-    let row = catalog
-        .cluster(&cluster)
+    let row = known_cluster(catalog, &cluster).await?;
+    let summary = catalog
+        .wal_summary(&cluster)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Json(WalSummary {
+        cluster,
+        system_identifier: row.system_identifier.map(|s| s.to_string()),
+        segment_size: row.segment_size,
+        files: summary.files,
+        timelines: summary.timelines,
+        missing_files: summary.missing_files,
+        missing: summary.missing,
+    }))
+}
+
+/// The cluster's catalog row, or 404 `unknown_cluster`.
+async fn known_cluster(
+    catalog: &crate::catalog::Catalog,
+    cluster: &str,
+) -> Result<crate::catalog::ClusterRow, ApiError> {
+    catalog
+        .cluster(cluster)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| {
@@ -435,7 +459,17 @@ async fn list_wal(
                 "unknown_cluster",
                 format!("cluster {cluster:?} has no WAL in this archive yet"),
             )
-        })?;
+        })
+}
+
+async fn list_wal(
+    State(state): State<Arc<HttpState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<WalListing>, ApiError> {
+    authorize(&state, &headers, &cluster, Operation::Read)?;
+    let catalog = &state.archive.catalog;
+    let row = known_cluster(catalog, &cluster).await?;
     let rows = catalog.list_wal(&cluster).await.map_err(ApiError::from)?;
     let mut files = Vec::new();
     let mut missing = Vec::new();

@@ -15,6 +15,7 @@ use pgwal::api::{ArchiverStatus, CheckItem, PostgresStatus};
 use pgwal::name::WalFileName;
 use pgwal::SegmentSize;
 
+use crate::catalog::ranges;
 use crate::config::ClusterConfig;
 use crate::state::AppState;
 
@@ -781,20 +782,17 @@ async fn wal_continuity(
     if complete && holds_begin {
         return Some(no_gap);
     }
-    let wal = state
-        .archive
-        .catalog
-        .list_wal_kind(cluster, "segment")
-        .await
-        .unwrap_or_default();
-    let names: Vec<WalFileName> = wal
+    // A gap somewhere: the catalog's runs of consecutive segments, from the oldest begin on.
+    let runs = state.archive.catalog.wal_summary(cluster).await.ok()?.runs;
+    let clipped: Vec<ranges::Run> = runs
         .iter()
-        .filter(|r| r.state == "ok")
-        .filter_map(|r| r.name.parse::<WalFileName>().ok())
-        .filter(|n| matches!(n, WalFileName::Segment { .. }))
-        .filter(|n| n.segno(size).is_some_and(|s| s >= oldest.0))
+        .filter(|r| r.last >= oldest.0)
+        .map(|r| ranges::Run {
+            first: r.first.max(oldest.0),
+            ..*r
+        })
         .collect();
-    let first = names.iter().filter_map(|n| n.segno(size)).min();
+    let first = clipped.iter().map(|r| r.first).min();
     let mut gaps: Vec<String> = Vec::new();
     match first {
         Some(f) if f > oldest.0 => gaps.push(format!(
@@ -805,8 +803,14 @@ async fn wal_continuity(
         None => gaps.push(format!("{} and after", oldest.1)),
         _ => {}
     }
-    for t in pgwal::ranges::summarize(&names, size) {
-        gaps.extend(t.gaps.iter().map(|(a, b)| format!("{a} .. {b}")));
+    for w in clipped.windows(2) {
+        if w[0].timeline == w[1].timeline {
+            gaps.push(format!(
+                "{} .. {}",
+                WalFileName::segment(w[0].timeline, w[0].last + 1, size),
+                WalFileName::segment(w[1].timeline, w[1].first - 1, size)
+            ));
+        }
     }
     Some(if gaps.is_empty() {
         no_gap

@@ -387,10 +387,7 @@ async fn finish_wal(archive: &Archive, cluster: &str) -> Result<usize, BackupErr
         .call(move |c| {
             let tx = c.transaction()?;
             for name in &names {
-                tx.execute(
-                    "DELETE FROM wal_files WHERE cluster = ?1 AND name = ?2",
-                    params![c2, name],
-                )?;
+                crate::catalog::delete_wal_row(&tx, &c2, name)?;
                 tx.execute(
                     "DELETE FROM retention_pending WHERE cluster = ?1 AND name = ?2",
                     params![c2, name],

@@ -460,23 +460,34 @@ impl Receiver {
 
     /// Start of the segment after the last one the archive holds on the server's history: a
     /// segment counts when its name's timeline is the one its last byte belongs to (the file
-    /// PostgreSQL itself would archive for that segment number).
+    /// PostgreSQL itself would archive for that segment number). Read from the catalog's runs of
+    /// consecutive segments, not a listing: within a run, the segments counting on a span of
+    /// the history are those whose last byte lies in it, the highest of which is checked.
     async fn archive_next(
         &self,
         spans: &[pgwal::history::TimelineSpan],
         size: SegmentSize,
     ) -> Result<Option<Lsn>, ReceiverError> {
-        let rows = self.archive.catalog.list_wal(&self.cluster).await?;
-        let last = rows
+        let runs = self.archive.catalog.wal_summary(&self.cluster).await?.runs;
+        let last_byte = |segno: u64| Lsn(size.segment_start(segno + 1).0 - 1);
+        let counts = |tli: u32, segno: u64| {
+            pgwal::history::timeline_of_point(last_byte(segno), spans) == Some(tli)
+        };
+        let last = runs
             .iter()
-            .filter(|r| r.kind == "segment" && r.state == "ok")
-            .filter_map(|r| r.name.parse::<WalFileName>().ok())
-            .filter_map(|n| Some((n.timeline(), n.segno(size)?)))
-            .filter(|(tli, segno)| {
-                let last_byte = Lsn(size.segment_start(segno + 1).0 - 1);
-                pgwal::history::timeline_of_point(last_byte, spans) == Some(*tli)
+            .flat_map(|run| {
+                spans
+                    .iter()
+                    .filter(move |span| span.tli == run.timeline)
+                    .filter_map(move |span| {
+                        // The highest segment of the run whose last byte is before the span's end.
+                        let highest = match span.end {
+                            Some(end) => (end.0 / size.bytes()).checked_sub(1)?.min(run.last),
+                            None => run.last,
+                        };
+                        (highest >= run.first && counts(run.timeline, highest)).then_some(highest)
+                    })
             })
-            .map(|(_, segno)| segno)
             .max();
         Ok(last.map(|segno| size.segment_start(segno + 1)))
     }

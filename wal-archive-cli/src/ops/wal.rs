@@ -1,51 +1,22 @@
 //! `wal-archive wal`: the archive's timelines, contiguous ranges and gaps.
 
-use pgwal::api::WalListing;
-use pgwal::name::WalFileName;
-use pgwal::ranges::{summarize, TimelineSummary};
-use pgwal::segment::SegmentSize;
-use serde::Serialize;
+use pgwal::api::WalSummary;
 
 use crate::client::{status_failure, Client, Failure};
 
-#[derive(Serialize)]
-pub struct WalReport {
-    pub cluster: String,
-    pub system_identifier: Option<String>,
-    pub segment_size: Option<u64>,
-    pub files: usize,
-    pub timelines: Vec<TimelineSummary>,
-    pub missing: Vec<String>,
-}
+/// The server's summary of the cluster's WAL (`GET /v1/clusters/{cluster}/timelines`).
+pub type WalReport = WalSummary;
 
 pub fn report(client: &Client, cluster: &str) -> Result<WalReport, Failure> {
-    let mut resp = client.get(&format!("/v1/clusters/{cluster}/wal"), false)?;
+    let mut resp = client.get(&format!("/v1/clusters/{cluster}/timelines"), false)?;
     if resp.status().as_u16() != 200 {
         return Err(status_failure(resp));
     }
-    let listing: WalListing = resp
-        .body_mut()
+    resp.body_mut()
         .with_config()
         .limit(1 << 30)
         .read_json()
-        .map_err(|e| Failure::Fatal(format!("unexpected answer from the server: {e}")))?;
-    let names: Vec<WalFileName> = listing
-        .files
-        .iter()
-        .filter_map(|f| f.name.parse().ok())
-        .collect();
-    let size = listing
-        .segment_size
-        .and_then(|z| SegmentSize::new(z).ok())
-        .unwrap_or(SegmentSize::DEFAULT);
-    Ok(WalReport {
-        cluster: listing.cluster,
-        system_identifier: listing.system_identifier,
-        segment_size: listing.segment_size,
-        files: listing.files.len(),
-        timelines: summarize(names.iter(), size),
-        missing: listing.missing,
-    })
+        .map_err(|e| Failure::Fatal(format!("unexpected answer from the server: {e}")))
 }
 
 pub fn print_human(r: &WalReport) {
@@ -78,5 +49,12 @@ pub fn print_human(r: &WalReport) {
     }
     for m in &r.missing {
         println!("MISSING from storage (cataloged, not served): {m}");
+    }
+    if r.missing_files > r.missing.len() as u64 {
+        println!(
+            "MISSING from storage: {} files in all (the first {} are listed above)",
+            r.missing_files,
+            r.missing.len()
+        );
     }
 }
