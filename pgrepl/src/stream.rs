@@ -133,7 +133,8 @@ impl ReplicationStream {
     }
 
     /// The next event, or `Ok(None)` when nothing arrived within `timeout` (send a status update
-    /// then). Cancel-safe: a timeout never loses or splits a message.
+    /// then); a zero `timeout` takes only what has already arrived, without waiting at all.
+    /// Cancel-safe: a timeout never loses or splits a message.
     pub async fn next(&mut self, timeout: Duration) -> Result<Option<StreamEvent>, ReplError> {
         if !matches!(self.state, State::Streaming) {
             return Ok(Some(StreamEvent::EndOfTimeline));
@@ -212,6 +213,20 @@ impl ReplicationStream {
                 }
             }
         };
+        if timeout.is_zero() {
+            // Only what is already here: one poll. `tokio::time::timeout` would not do for
+            // this, because its timer fires on the next millisecond tick at the earliest, which
+            // a synchronous commit would wait for on every round trip.
+            use std::future::Future;
+            let mut read = std::pin::pin!(read);
+            return std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(match read.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => r.map(Some),
+                    std::task::Poll::Pending => Ok(None),
+                })
+            })
+            .await;
+        }
         match tokio::time::timeout(timeout, read).await {
             Ok(r) => r.map(Some),
             Err(_) => Ok(None),

@@ -203,8 +203,9 @@ pub fn start_receivers(
             archive: archive.clone(),
             work_dir: config.receiver_dir(name),
             status: status.clone(),
+            store_on: tokio::runtime::Handle::current(),
         };
-        tasks.push(tokio::spawn(r.run(shutdown.clone())));
+        tasks.push(r.spawn(shutdown.clone()));
         statuses.insert(name.clone(), status);
     }
     (statuses, tasks)

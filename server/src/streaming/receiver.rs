@@ -1,4 +1,4 @@
-//! The streaming receiver: one task per cluster with `streaming = true` pulls WAL through a
+//! The streaming receiver: one thread per cluster with `streaming = true` pulls WAL through a
 //! physical replication slot (like `pg_receivewal`) into the same checksummed storage as pushed
 //! WAL, so that no WAL is lost while `archive_command` is broken.
 //!
@@ -35,7 +35,6 @@ use pgwal::api::ReceiverStatus;
 use pgwal::name::WalFileName;
 use pgwal::segment::SegmentSize;
 use pgwal::Lsn;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::catalog::now_rfc3339;
@@ -118,15 +117,48 @@ pub struct Receiver {
     pub archive: Archive,
     pub work_dir: PathBuf,
     pub status: SharedStatus,
+    /// The server's runtime, where completed segments are stored (see [`Receiver::spawn`]).
+    pub store_on: tokio::runtime::Handle,
 }
 
 impl Receiver {
+    /// Runs the receiver on a thread of its own, as `pg_receivewal` runs: socket, writes and
+    /// fsyncs on one thread, so a synchronous commit waits for the disk and nothing else (no
+    /// hand-off between threads, no worker shared with HTTP requests). Storing a completed
+    /// segment (compression, hashing, the object store) runs on the server's runtime
+    /// (`store_on`). The returned task ends when the thread does.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let cluster = self.cluster.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("receiver-{}", self.cluster))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(self.run(shutdown)),
+                    Err(e) => tracing::error!(
+                        cluster = %self.cluster,
+                        "receiver: cannot start its runtime: {e}; not streaming"
+                    ),
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = thread {
+            tracing::error!(cluster = %cluster, "receiver: cannot start its thread: {e}; not streaming");
+        }
+        tokio::spawn(async move {
+            let _ = done_rx.await;
+        })
+    }
+
     fn slot(&self) -> &str {
         self.config.slot.as_deref().unwrap_or(DEFAULT_SLOT)
     }
 
     /// Runs until `shutdown` turns true, reconnecting with backoff after every error.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let slot = self.slot().to_string();
         update(&self.status, |s| {
             s.slot = Some(slot.clone());
@@ -381,7 +413,7 @@ impl Receiver {
             }
             match event {
                 Some(StreamEvent::XLogData { start, data, .. }) => {
-                    let completed = writer.write(start, &data).await?;
+                    let completed = writer.write(start, &data)?;
                     for name in completed {
                         self.store_completed(&name).await?;
                         update(&self.status, |s| s.last_stored = Some(name.to_string()));
@@ -407,8 +439,8 @@ impl Receiver {
                     }
                 }
                 Some(StreamEvent::EndOfTimeline) => {
-                    writer.flush().await?;
-                    let partial = writer.finish_partial().await?;
+                    writer.flush()?;
+                    let partial = writer.finish_partial()?;
                     let (next, conn) = stream.finish_timeline().await?;
                     return Ok((next, conn, partial));
                 }
@@ -428,7 +460,7 @@ impl Receiver {
         server_lsn: Lsn,
         reply: bool,
     ) -> Result<(), ReceiverError> {
-        writer.flush().await?;
+        writer.flush()?;
         let (received, flushed) = (writer.received(), writer.flushed());
         stream
             .send_status(received, flushed, flushed, reply)
@@ -539,9 +571,10 @@ impl Receiver {
         Ok(())
     }
 
+    /// Stores `name` from `body` through the archive, on the server's runtime.
     async fn ingest<S>(&self, name: &WalFileName, body: S) -> Result<(), ReceiverError>
     where
-        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+        S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin + Send + 'static,
     {
         let upload = Upload {
             body,
@@ -550,10 +583,15 @@ impl Receiver {
             claimed_xxh3: None,
             idle_timeout: crate::wal::archive::BODY_IDLE_TIMEOUT,
         };
+        let (archive, cluster, file) = (self.archive.clone(), self.cluster.clone(), name.clone());
+        let level = self.config.compression_level;
         let r = self
-            .archive
-            .ingest(&self.cluster, name, upload, self.config.compression_level)
-            .await?;
+            .store_on
+            .spawn(async move { archive.ingest(&cluster, &file, upload, level).await })
+            .await
+            .map_err(|e| {
+                ReceiverError::Io(std::io::Error::other(format!("storing {name}: {e}")))
+            })??;
         tracing::debug!(cluster = %self.cluster, file = %name, outcome = ?r.stored, "receiver: stored");
         Ok(())
     }
@@ -639,6 +677,10 @@ pub fn parse_segment_size(text: &str) -> Result<SegmentSize, ReceiverError> {
 }
 
 /// Writes streamed WAL into per-segment working files.
+///
+/// Plain blocking file calls, on the receiver's own thread ([`Receiver::spawn`]), as in
+/// `pg_receivewal`: a message is one `pwrite` into the page cache, and a synchronous commit
+/// waits for that, one `fdatasync` and the status update, with no hand-off to another thread.
 struct SegmentWriter {
     dir: PathBuf,
     timeline: u32,
@@ -647,7 +689,7 @@ struct SegmentWriter {
     received: Lsn,
     /// End of the bytes on stable storage.
     flushed: Lsn,
-    current: Option<(WalFileName, tokio::fs::File)>,
+    current: Option<(WalFileName, std::fs::File)>,
 }
 
 impl SegmentWriter {
@@ -684,11 +726,8 @@ impl SegmentWriter {
 
     /// Appends `data`, which must start where the last write ended. Returns the segments this
     /// write completed (made durable under their final name, ready to store).
-    async fn write(
-        &mut self,
-        start: Lsn,
-        mut data: &[u8],
-    ) -> Result<Vec<WalFileName>, ReceiverError> {
+    fn write(&mut self, start: Lsn, mut data: &[u8]) -> Result<Vec<WalFileName>, ReceiverError> {
+        use std::os::unix::fs::FileExt;
         if start != self.received {
             return Err(ReceiverError::Protocol(format!(
                 "the server sent WAL from {start} but {} was expected",
@@ -702,28 +741,28 @@ impl SegmentWriter {
             if self.current.is_none() {
                 let name = WalFileName::segment(self.timeline, segno, self.size);
                 let path = self.partial_path(&name);
-                let mut file = open_preallocated(&path, &self.dir, self.size.bytes()).await?;
-                file.seek(std::io::SeekFrom::Start(offset)).await?;
+                let file = open_preallocated(&path, &self.dir, self.size.bytes())?;
                 self.current = Some((name, file));
             }
             let room = (self.size.bytes() - offset) as usize;
             let n = room.min(data.len());
-            let (name, file) = self
+            let (_, file) = self
                 .current
-                .as_mut()
+                .as_ref()
                 .ok_or_else(|| ReceiverError::Protocol("no working segment".into()))?;
-            file.write_all(&data[..n]).await?;
+            file.write_all_at(&data[..n], offset)?;
             data = &data[n..];
             self.received = Lsn(self.received.0 + n as u64);
             if n == room {
                 // Segment complete: data, then name, made durable before its end is reported.
-                let name = name.clone();
-                file.flush().await?;
-                file.sync_all().await?;
-                self.current = None;
+                let (name, file) = self
+                    .current
+                    .take()
+                    .ok_or_else(|| ReceiverError::Protocol("no working segment".into()))?;
                 let from = self.partial_path(&name);
                 let to = self.dir.join(name.to_string());
-                tokio::fs::rename(&from, &to).await?;
+                file.sync_all()?;
+                std::fs::rename(&from, &to)?;
                 durability::fsync_dir(&self.dir)?;
                 self.flushed = self.received;
                 completed.push(name);
@@ -733,10 +772,12 @@ impl SegmentWriter {
     }
 
     /// fsync of the segment in progress; afterwards everything received is durable.
-    async fn flush(&mut self) -> Result<(), ReceiverError> {
-        if let Some((_, file)) = self.current.as_mut() {
-            file.flush().await?;
-            file.sync_data().await?;
+    fn flush(&mut self) -> Result<(), ReceiverError> {
+        if !self.unflushed() {
+            return Ok(());
+        }
+        if let Some((_, file)) = self.current.as_ref() {
+            file.sync_data()?;
         }
         self.flushed = self.received;
         Ok(())
@@ -745,19 +786,19 @@ impl SegmentWriter {
     /// At the end of a timeline: the segment in progress becomes `NAME.partial`, zero-filled
     /// after the switch point as PostgreSQL's own `.partial` files are, and renamed to
     /// `NAME.partial.ready` (durably) until the archive has stored it.
-    async fn finish_partial(&mut self) -> Result<Option<PathBuf>, ReceiverError> {
+    fn finish_partial(&mut self) -> Result<Option<PathBuf>, ReceiverError> {
         let Some((name, file)) = self.current.take() else {
             return Ok(None);
         };
         let valid = self.size.offset_in_segment(self.received);
-        // Cut what a previous session may have left past the switch point, then zero-fill.
-        file.set_len(valid).await?;
-        file.set_len(self.size.bytes()).await?;
-        file.sync_all().await?;
-        drop(file);
         let path = self.partial_path(&name);
         let out = self.dir.join(format!("{name}{READY_PARTIAL_SUFFIX}"));
-        tokio::fs::rename(&path, &out).await?;
+        // Cut what a previous session may have left past the switch point, then zero-fill.
+        file.set_len(valid)?;
+        file.set_len(self.size.bytes())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&path, &out)?;
         durability::fsync_dir(&self.dir)?;
         Ok(Some(out))
     }
@@ -773,36 +814,30 @@ const READY_PARTIAL_SUFFIX: &str = ".partial.ready";
 /// (as PostgreSQL and pg_receivewal do): later `fdatasync`s then only write data blocks, with no
 /// file-size change to journal, which keeps each flush (and a synchronous commit) short. The
 /// new file and its name are made durable before any byte in it can be reported as flushed.
-async fn open_preallocated(
-    path: &Path,
-    dir: &Path,
-    size: u64,
-) -> Result<tokio::fs::File, ReceiverError> {
-    if let Ok(meta) = tokio::fs::metadata(path).await {
-        if meta.len() == size {
-            return Ok(tokio::fs::OpenOptions::new().write(true).open(path).await?);
-        }
+fn open_preallocated(path: &Path, dir: &Path, size: u64) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    let open = || std::fs::OpenOptions::new().write(true).open(path);
+    if std::fs::metadata(path).is_ok_and(|meta| meta.len() == size) {
+        return open();
     }
     let tmp = path.with_extension("init");
-    let mut file = tokio::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
-        .open(&tmp)
-        .await?;
+        .open(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n]).await?;
+        file.write_all(&zeros[..n])?;
         left -= n as u64;
     }
-    file.flush().await?;
-    file.sync_all().await?;
+    file.sync_all()?;
     drop(file);
-    tokio::fs::rename(&tmp, path).await?;
+    std::fs::rename(&tmp, path)?;
     durability::fsync_dir(dir)?;
-    Ok(tokio::fs::OpenOptions::new().write(true).open(path).await?)
+    open()
 }
 
 #[cfg(test)]
