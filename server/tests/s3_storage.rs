@@ -98,6 +98,20 @@ async fn create_only_by_both_routes_and_conditional_small_writes() {
         .expect("dirs")
         .contains(&"a/".to_string()));
 
+    // A create-only copy made by the bucket itself (what a spilled backup file becomes): to a
+    // free key it is made, onto a taken one refused, and the taken one keeps its content.
+    assert_eq!(
+        blobs.copy_new("a/large", "b/copy").await.expect("copy"),
+        PutOutcome::Created
+    );
+    assert_eq!(read(&*blobs, "b/copy").await, large);
+    assert_eq!(
+        blobs.copy_new("a/large", "a/small").await.expect("copy"),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(read(&*blobs, "a/small").await, small);
+    blobs.delete("b/copy").await.expect("delete");
+
     // Conditional writes of a small object: what the lease is made of.
     let v1 = blobs
         .put_if("meta/x", Bytes::from_static(b"one"), Precondition::Absent)

@@ -4,12 +4,12 @@
 //! [`BlobStore::begin_put`] needs the key first. So the compressed bytes collect in memory up to
 //! [`SPILL_BYTES`] (most files of a data directory are smaller): then the object is published
 //! under its final key directly. A larger file spills into an `incoming/` object as it streams;
-//! once hashed it is either dropped (its content is already stored: deduplicated) or copied to
-//! its final key. Memory per file is bounded by `SPILL_BYTES` plus one storage part, whatever
+//! once hashed it is either dropped (its content is already stored: deduplicated) or given its
+//! final key by the store's own copy ([`BlobStore::copy_new`]: a hard link on local files, a
+//! server-side copy on S3), so its bytes are written once. Memory per file is bounded by `SPILL_BYTES` plus one storage part, whatever
 //! the file's size. Objects have the WAL object format ([`crate::wal::object_format`]): zstd frames
 //! and the checksum trailer.
 
-use futures::StreamExt;
 use pgwal::checksum::Sha256;
 
 use crate::storage::{BlobStore, BlobUpload, PutOutcome, StorageError};
@@ -152,36 +152,12 @@ impl Finished {
                         "the working object {temp} existed already"
                     )));
                 }
-                let result = copy_object(blobs, &temp, key).await;
+                let result = blobs.copy_new(&temp, key).await;
                 let _ = blobs.delete(&temp).await;
                 result
             }
         }
     }
-}
-
-/// Copies a stored object to a new key, streamed.
-async fn copy_object(
-    blobs: &dyn BlobStore,
-    from: &str,
-    to: &str,
-) -> Result<PutOutcome, StorageError> {
-    if blobs.head(to).await?.is_some() {
-        return Ok(PutOutcome::AlreadyExists);
-    }
-    let mut stream = blobs.get(from).await?;
-    let mut up = blobs.begin_put(to).await?;
-    while let Some(chunk) = stream.next().await {
-        let written = match chunk {
-            Ok(c) => up.write(&c).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            up.abort().await;
-            return Err(e);
-        }
-    }
-    up.commit().await
 }
 
 #[cfg(test)]

@@ -823,6 +823,15 @@ impl<S: BlobStore> BlobStore for EncryptedBlobs<S> {
         self.inner.supports_versions()
     }
 
+    fn copy_new<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<PutOutcome, StorageError>> {
+        // The sealed bytes as they are: nothing in a sealed object names its key.
+        self.inner.copy_new(from, to)
+    }
+
     fn move_aside<'a>(
         &'a self,
         from: &'a str,

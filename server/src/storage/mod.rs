@@ -230,16 +230,19 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Whether [`BlobStore::put_if`] can compare versions (S3: yes; local files: no, the data
     /// directory's lock keeps a second server out instead).
     fn supports_versions(&self) -> bool;
-    /// Moves the object `from` to `to` exactly as stored, without opening or checking it (a
-    /// damaged object is moved as it is): a copy, then the removal of `from`. A copy already
-    /// at `to` from an earlier move of the same object is kept.
-    fn move_aside<'a>(
+    /// Creates `to` with the stored bytes of `from` (as stored: sealed objects stay sealed),
+    /// only if `to` does not exist yet. This default streams the bytes through; a backend that
+    /// can copy by itself (a hard link, a server-side copy) does so without reading them.
+    fn copy_new<'a>(
         &'a self,
         from: &'a str,
         to: &'a str,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
+    ) -> BoxFuture<'a, Result<PutOutcome, StorageError>> {
         Box::pin(async move {
             use futures::StreamExt;
+            if self.head(to).await?.is_some() {
+                return Ok(PutOutcome::AlreadyExists);
+            }
             let mut stream = self.get(from).await?;
             let mut up = self.begin_put(to).await?;
             while let Some(chunk) = stream.next().await {
@@ -252,7 +255,19 @@ pub trait BlobStore: Send + Sync + 'static {
                     return Err(e);
                 }
             }
-            up.commit().await?;
+            up.commit().await
+        })
+    }
+    /// Moves the object `from` to `to` exactly as stored, without opening or checking it (a
+    /// damaged object is moved as it is): a copy, then the removal of `from`. A copy already
+    /// at `to` from an earlier move of the same object is kept.
+    fn move_aside<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.copy_new(from, to).await?;
             self.delete(from).await
         })
     }

@@ -205,6 +205,26 @@ impl BlobStore for ObjectStoreBlobs {
         })
     }
 
+    fn copy_new<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<PutOutcome, StorageError>> {
+        Box::pin(async move {
+            // A hard link on local files, a server-side copy completed with `If-None-Match: *`
+            // on S3: the bytes are not read again.
+            match self
+                .store
+                .copy_if_not_exists(&ObjectPath::from(from), &ObjectPath::from(to))
+                .await
+            {
+                Ok(()) => Ok(PutOutcome::Created),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
+                Err(e) => Err(StorageError::from_object_store(e)),
+            }
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             match self.store.delete(&ObjectPath::from(key)).await {
@@ -523,5 +543,37 @@ mod tests {
             blobs.get_range("a/b", 10..20).await.expect("range"),
             &data[10..20]
         );
+    }
+
+    /// A create-only copy on local storage is a hard link: the same bytes under the new key
+    /// (same inode, nothing rewritten); onto a taken key it is refused, which keeps its content.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_copies_are_links_and_never_replace() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = ObjectStoreBlobs::local(dir.path()).expect("store");
+        for (key, data) in [("a/one", &b"first"[..]), ("a/two", &b"second"[..])] {
+            let mut up = blobs.begin_put(key).await.expect("begin");
+            up.write(data).await.expect("write");
+            assert_eq!(up.commit().await.expect("commit"), PutOutcome::Created);
+        }
+        assert_eq!(
+            blobs.copy_new("a/one", "b/copy").await.expect("copy"),
+            PutOutcome::Created
+        );
+        let ino = |k: &str| std::fs::metadata(dir.path().join(k)).expect("stat").ino();
+        assert_eq!(ino("b/copy"), ino("a/one"));
+        assert_eq!(
+            blobs.copy_new("a/one", "a/two").await.expect("copy"),
+            PutOutcome::AlreadyExists
+        );
+        let two: Vec<Bytes> = blobs
+            .get("a/two")
+            .await
+            .expect("get")
+            .try_collect()
+            .await
+            .expect("read");
+        assert_eq!(two.concat(), b"second");
     }
 }
