@@ -260,7 +260,20 @@ impl Lease {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            match self.renew().await {
+            // A renewal still unanswered when the lease runs out counts as failed: a slow
+            // store must not keep this server writing past its lease.
+            let left = self
+                .confirmed_until
+                .load(Ordering::SeqCst)
+                .saturating_sub(now_secs());
+            let renewed = match tokio::time::timeout(Duration::from_secs(left), self.renew()).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(LeaseError::Storage(StorageError::Io(format!(
+                    "no answer to the renewal within the {left} s left of the lease"
+                )))),
+            };
+            match renewed {
                 Ok(()) => {}
                 Err(LeaseError::Lost(why)) => {
                     tracing::error!("storage lease lost: {why}; stopping");
