@@ -224,11 +224,29 @@ impl Job {
         } else {
             Duration::from_secs(3600)
         });
+        // The stream is read by a task of its own, up to READ_AHEAD messages ahead of the
+        // hashing, compression and storing below: PostgreSQL keeps sending while a file is
+        // being compressed, on the other core, instead of waiting for us between files.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let event = stream.next().await;
+                let more = matches!(event, Ok(Some(_)));
+                if tx.send(event).await.is_err() || !more {
+                    return stream;
+                }
+            }
+        }));
         let mut events = Vec::new();
         let mut in_manifest = false;
         let mut end: Option<(Lsn, u32)> = None;
         let mut start: Option<(Lsn, u32)> = None; // (LSN, timeline)
-        while let Some(event) = stream.next().await.map_err(pg)? {
+        while let Some(event) = rx
+            .recv()
+            .await
+            .ok_or("the backup stream's reader stopped")?
+            .map_err(pg)?
+        {
             match event {
                 BackupEvent::Start {
                     start_lsn,
@@ -316,8 +334,10 @@ impl Job {
             }
         }
         self.end_archive(current.take())?;
-        if let Ok(conn) = stream.into_connection() {
-            conn.close().await;
+        if let Ok(stream) = reader.join().await {
+            if let Ok(conn) = stream.into_connection() {
+                conn.close().await;
+            }
         }
         let start_lsn = start
             .map(|(lsn, _)| lsn)
@@ -573,6 +593,24 @@ pub fn wal_range(
             .map(|n| WalFileName::segment(if n == b { t2 } else { t1 }, n, size).to_string())
             .collect(),
     )
+}
+
+/// Messages of `BASE_BACKUP` read ahead of the storing (each at most one CopyData message).
+const READ_AHEAD: usize = 256;
+
+/// A task aborted when its handle is dropped (a backup that fails stops reading its stream).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Tablespace names by OID, through an ordinary session (a walsender cannot run SELECT).
