@@ -24,6 +24,9 @@
 //! - `metrics_can_require_a_token`: 401 without one, 200 with any valid token.
 //! - `the_status_page_is_authorised_like_the_read_api`: `/` and `/v1/status` need a token that
 //!   may read, and show only the clusters of its list.
+//! - `open_mode_answers_only_loopback_names`: without tokens, a request whose `Host` is not a
+//!   loopback name (a DNS-rebinding web page) gets 421 and nothing is done; with tokens the
+//!   name does not matter.
 //! - `second_partial_with_the_same_wal_is_accepted`: two `.partial` files of one name that agree
 //!   up to the switch point (from the timeline history, else up to where one is zero-filled)
 //!   are the same WAL: 200; one that differs before it is 409.
@@ -1254,4 +1257,47 @@ async fn the_status_page_is_authorised_like_the_read_api() {
     let html = String::from_utf8_lossy(&page.body);
     assert!(html.contains("data-cluster=\"main\""), "{html}");
     assert!(!html.contains("data-cluster=\"other\""), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_answers_only_loopback_names() {
+    let env = env().await;
+    let with_host = |method: &str, path: &str, host: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .body(Body::empty())
+            .expect("request")
+    };
+    for host in ["127.0.0.1:8420", "localhost:8420", "[::1]:8420"] {
+        let r = call(&env, with_host("GET", "/v1/status", host)).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+    }
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("GET", "/"),
+        ("POST", "/v1/clusters/main/switch-wal"),
+    ] {
+        let r = call(&env, with_host(method, path, "evil.example:8420")).await;
+        assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{method} {path}");
+        assert_eq!(r.error().error, "not_loopback");
+    }
+    // With tokens, the token decides, whatever the name.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = pgwal::checksum::sha256_hex(b"reader-secret");
+    let text = format!(
+        "[[tokens]]\nname = \"r\"\nsecret_sha256 = \"{secret}\"\nrole = \"reader\"\n\
+         [clusters.main]\n"
+    );
+    let env = match env_with(dir, Arc::new(FaultPlan::default()), &text).await {
+        Ok(env) => env,
+        Err((e, _)) => panic!("{e:#}"),
+    };
+    let req = Request::get("/v1/status")
+        .header("host", "archive.example:8420")
+        .header("authorization", "Bearer reader-secret")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(call(&env, req).await.status, StatusCode::OK);
 }

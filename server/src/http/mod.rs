@@ -73,7 +73,8 @@ fn with_state(
 ) -> Router {
     let instance = axum::http::HeaderValue::from_str(&app.archive.instance)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid"));
-    routes
+    let open = auth.is_open();
+    let routes = routes
         .with_state(Arc::new(HttpState {
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 app.config.max_concurrent_uploads,
@@ -89,7 +90,59 @@ fn with_state(
                     .insert(pgwal::api::INSTANCE_HEADER, instance);
                 r
             }
-        }))
+        }));
+    if open {
+        routes.layer(axum::middleware::from_fn(loopback_host_only))
+    } else {
+        routes
+    }
+}
+
+/// Open mode (no tokens, a loopback listener) answers only requests addressed to a loopback
+/// name. A web page from anywhere can make a browser send requests to 127.0.0.1 under the
+/// page's own domain once that domain resolves there (DNS rebinding), and read the answers; the
+/// `Host` header still names that domain. A request without `Host` (no browser sends one)
+/// passes.
+async fn loopback_host_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match req.headers().get(header::HOST) {
+        Some(host) if !host.to_str().is_ok_and(is_loopback_host) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_loopback",
+            format!(
+                "this server runs without tokens (open mode) and answers only requests \
+                 addressed to a loopback name (127.0.0.1, [::1] or localhost), not {:?}: use \
+                 one of those, or configure [[tokens]] to serve other names",
+                String::from_utf8_lossy(host.as_bytes())
+            ),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether a `Host` header value (`name[:port]`, `[v6][:port]`) names the loopback interface.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || is_port(port) => ip,
+            _ => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `:PORT`, or just `PORT` after a name.
+fn is_port(text: &str) -> bool {
+    let digits = text.strip_prefix(':').unwrap_or(text);
+    !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// An error response: status, stable kind, message for a person.
@@ -284,4 +337,38 @@ fn json_or_default<T: serde::de::DeserializeOwned + Default>(
             format!("the body is not a {what}: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:8420",
+            "127.1.2.3:1",
+            "localhost",
+            "LOCALHOST:8420",
+            "[::1]",
+            "[::1]:8420",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8420",
+            "localhost.evil.example:8420",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:8420",
+            "[::2]:8420",
+            "[::1]x",
+            "127.0.0.1:80:80",
+            "127.0.0.1:",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 }
