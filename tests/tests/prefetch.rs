@@ -17,6 +17,7 @@
 //!   the data ends right, and the worker is gone afterwards.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -158,15 +159,28 @@ fn a_corrupted_spool_file_is_never_handed_over() -> Result<()> {
     })
     .with_context(|| format!("spool: {:?}\n{}", spool_files(&spool), worker_log(&state)))?;
 
-    // Flip a byte of the next spooled file: it must not reach PostgreSQL.
+    // Flip a byte of the next spooled file: it must not reach PostgreSQL. The sidecar's last
+    // field is the change time the file had when it was spooled; the kernel's clock for file
+    // times moves once per tick, so the write is repeated until the change time has moved.
     let victim = spool.join(&names[1]);
+    let sidecar = std::fs::read_to_string(spool.join(format!("{}.sum", names[1])))?;
+    let sealed = sidecar
+        .split_whitespace()
+        .last()
+        .context("sidecar")?
+        .to_string();
     let mut bytes = std::fs::read(&victim)?;
     bytes[5000] ^= 0x01;
-    std::fs::write(&victim, &bytes)?;
+    wait_until(DEADLINE, "the damaged file's change time moves", || {
+        std::fs::write(&victim, &bytes)?;
+        let meta = std::fs::metadata(&victim)?;
+        Ok(format!("{}.{:09}", meta.ctime(), meta.ctime_nsec()) != sealed)
+    })?;
     let out = fetch(&names[1])?;
     ensure!(out.success(), "fetch {}: {}", names[1], out.describe());
     ensure!(
-        out.stderr.contains("fails its checksum") && out.stderr.contains("discarded"),
+        out.stderr.contains("was changed after it was verified")
+            && out.stderr.contains("discarded"),
         "the corruption went unnoticed: {}",
         out.describe()
     );

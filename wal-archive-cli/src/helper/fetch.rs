@@ -99,7 +99,9 @@ pub fn fetch(
     }
     let outcome = match take_from_spool(&spool, &name, dest) {
         Some(size) => {
-            eprintln!("wal-archive fetch: {name} from the prefetch spool");
+            // One write: stderr is unbuffered, and a padded name formats digit by digit.
+            let line = format!("wal-archive fetch: {name} from the prefetch spool");
+            eprintln!("{line}");
             Outcome::Restored { size }
         }
         None => fetch_from_server(client, cluster, &name, dest, window, allow_partial)?,
