@@ -455,9 +455,31 @@ fn a_drill_killed_with_its_server_leaves_nothing_after_the_next_start() -> Resul
         alive(postmaster),
         "the drill's PostgreSQL is not running after the kill"
     );
-
-    rig.server.remove_env("WAL_ARCHIVE_CRASH_AT");
-    rig.server.start_again()?;
+    // The drill's processes carry its mark, which is how the clean-up knows them; an
+    // operator's shell looking around in the directory does not, and is left alone.
+    let environ = std::fs::read(format!("/proc/{postmaster}/environ"))?;
+    ensure!(
+        environ
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(b"WAL_ARCHIVE_DRILL_DIR=")),
+        "the drill's postmaster has no WAL_ARCHIVE_DRILL_DIR in its environment"
+    );
+    let mut operator = std::process::Command::new("sleep")
+        .arg("600")
+        .current_dir(left[0].join("pgdata"))
+        .spawn()?;
+    let operator_pid = operator.id();
+    let operator_survived = (|| -> Result<bool> {
+        rig.server.remove_env("WAL_ARCHIVE_CRASH_AT");
+        rig.server.start_again()?;
+        Ok(alive(operator_pid))
+    })();
+    let _ = operator.kill();
+    let _ = operator.wait();
+    ensure!(
+        operator_survived?,
+        "the start-up clean-up killed a process that is not the drill's"
+    );
     ensure!(
         !alive(postmaster),
         "postmaster {postmaster} survived the next start"

@@ -169,6 +169,9 @@ impl Throwaway {
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LC_ALL", "C")
+            // Inherited by everything the drill's PostgreSQL starts, so that clean-up finds
+            // exactly those processes.
+            .env(scratch::MARK_ENV, scratch.mark())
             .current_dir(scratch.pgdata())
             .stdin(Stdio::null())
             .stdout(log)

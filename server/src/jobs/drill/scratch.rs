@@ -16,16 +16,25 @@
 //!
 //! Every process a drill leaves is found from the directory itself: the postmaster from
 //! `pgdata/postmaster.pid` (checked against its working directory, so that a PID reused by
-//! another process is never signalled), anything else still working in the directory, and the
-//! prefetch worker from its lock file. [`clean_leftovers`] runs at start, so that a server
-//! killed during a drill leaves nothing running after its next start.
+//! another process is never signalled), any other process still working in the directory that
+//! carries the drill's mark ([`MARK_ENV`], set for the drill's PostgreSQL and inherited by all
+//! it starts: its children, a restore_command in progress), and the prefetch worker from its
+//! lock file. A process without the mark (an operator's shell that went into the directory to
+//! look) is never signalled. [`clean_leftovers`] runs at start, so that a server killed during
+//! a drill leaves nothing running after its next start.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The environment variable that marks a drill's processes: set, to the scratch directory's
+/// canonical path ([`Scratch::mark`]), for the drill's PostgreSQL, whose every descendant
+/// inherits it.
+pub const MARK_ENV: &str = "WAL_ARCHIVE_DRILL_DIR";
 
 /// Who the drill's PostgreSQL runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +184,13 @@ impl Scratch {
     pub fn pgdata(&self) -> PathBuf {
         self.root.join("pgdata")
     }
+    /// The value of [`MARK_ENV`] for this drill's processes: the canonical path of the
+    /// directory (as given, before it exists).
+    pub fn mark(&self) -> OsString {
+        fs::canonicalize(&self.root)
+            .unwrap_or_else(|_| self.root.clone())
+            .into_os_string()
+    }
     pub fn tablespace(&self, oid: u32) -> PathBuf {
         self.root.join("tablespaces").join(oid.to_string())
     }
@@ -280,19 +296,33 @@ pub fn postmaster(pgdata: &Path) -> Option<i32> {
     (alive(pid) && cwd(pid).as_deref() == Some(dir.as_path())).then_some(pid)
 }
 
-/// Processes working inside `root` (PostgreSQL's children, a restore_command in progress).
-fn working_in(root: &Path) -> Vec<i32> {
-    let Ok(root) = fs::canonicalize(root) else {
+/// Whether process `pid` has `MARK_ENV=mark` in its environment.
+fn marked(pid: i32, mark: &[u8]) -> bool {
+    let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    env.split(|b| *b == 0).any(|kv| {
+        kv.strip_prefix(MARK_ENV.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="))
+            == Some(mark)
+    })
+}
+
+/// The drill's processes working inside its directory (PostgreSQL's children, a
+/// restore_command in progress): working there and carrying the drill's mark.
+fn working_in(scratch: &Scratch) -> Vec<i32> {
+    let Ok(root) = fs::canonicalize(&scratch.root) else {
         return Vec::new();
     };
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let mark = root.as_os_str().as_encoded_bytes();
     let me = std::process::id() as i32;
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| *pid != me && alive(*pid))
-        .filter(|pid| cwd(*pid).is_some_and(|c| c.starts_with(&root)))
+        .filter(|pid| cwd(*pid).is_some_and(|c| c.starts_with(&root)) && marked(*pid, mark))
         .collect()
 }
 
@@ -307,8 +337,9 @@ fn prefetch_worker(spool: &Path) -> Option<i32> {
 }
 
 /// Stops what a drill left running: its postmaster (SIGQUIT, PostgreSQL's immediate shutdown:
-/// the copy is thrown away; SIGKILL if it is still there after 10 s), then any process still
-/// working in the directory and the prefetch worker (SIGKILL). Returns what was signalled.
+/// the copy is thrown away; SIGKILL if it is still there after 10 s), then any marked process
+/// still working in the directory and the prefetch worker (SIGKILL). Returns what was
+/// signalled.
 pub fn stop_processes(scratch: &Scratch) -> Vec<String> {
     let mut stopped = Vec::new();
     if let Some(pid) = postmaster(&scratch.pgdata()) {
@@ -319,7 +350,7 @@ pub fn stop_processes(scratch: &Scratch) -> Vec<String> {
         }
         stopped.push(format!("postmaster {pid}"));
     }
-    let mut rest = working_in(&scratch.root);
+    let mut rest = working_in(scratch);
     rest.extend(prefetch_worker(&scratch.spool()));
     for pid in &rest {
         signal(*pid, rustix::process::Signal::KILL);
@@ -402,6 +433,45 @@ mod tests {
         assert!(dir.path().join("drill-x-abcd1234").exists());
         assert!(dir.path().join("notes").exists());
         assert!(alive(std::process::id() as i32));
+    }
+
+    #[test]
+    fn only_the_drills_own_processes_are_stopped() {
+        /// Children of this test, killed and reaped whatever happens.
+        struct Reaped(Vec<std::process::Child>);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                for c in &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scratch = Scratch::new(dir.path(), 9, "abcd1234");
+        fs::create_dir_all(scratch.pgdata()).expect("mkdir");
+        // `spawn` returns once `sleep` runs: its working directory and environment are set.
+        let sleeper = |mark: Option<OsString>| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("600").current_dir(scratch.pgdata());
+            if let Some(m) = mark {
+                cmd.env(MARK_ENV, m);
+            }
+            cmd.spawn().expect("sleep")
+        };
+        let mut kids = Reaped(vec![
+            sleeper(Some(scratch.mark())),
+            sleeper(None),
+            sleeper(Some(OsString::from("/another/drill"))),
+        ]);
+        let pids: Vec<i32> = kids.0.iter().map(|c| c.id() as i32).collect();
+
+        let stopped = stop_processes(&scratch);
+        assert_eq!(stopped, vec![format!("process {}", pids[0])]);
+        let status = kids.0[0].wait().expect("wait");
+        assert!(!status.success(), "{status:?}");
+        // An unmarked process (an operator's shell) and another drill's are left alone.
+        assert!(alive(pids[1]) && alive(pids[2]));
     }
 
     #[test]
