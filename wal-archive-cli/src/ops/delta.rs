@@ -332,10 +332,21 @@ fn keep_if_same(file: &BackupFile, path: &Path) -> Result<bool> {
     if hasher.finish_hex() != sha {
         return Ok(false);
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(file.mode & 0o7777))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    // Mode and time are set only where they differ: an inode left clean makes the fsync below
+    // a no-op instead of a journal commit per kept file.
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mode = file.mode & 0o7777;
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    }
     if let Ok(secs) = u64::try_from(file.mtime) {
-        let _ = f.set_modified(UNIX_EPOCH + Duration::from_secs(secs));
+        let mtime = UNIX_EPOCH + Duration::from_secs(secs);
+        if meta.modified().ok() != Some(mtime) {
+            let _ = f.set_modified(mtime);
+        }
     }
     f.sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))?;
