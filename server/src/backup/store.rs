@@ -9,11 +9,15 @@
 //! server-side copy on S3), so its bytes are written once. Memory per file is bounded by `SPILL_BYTES` plus one storage part, whatever
 //! the file's size. Objects have the WAL object format ([`crate::wal::object_format`]): zstd frames
 //! and the checksum trailer.
+//!
+//! Hashing and compression of one file run side by side: bytes gather into batches of one zstd
+//! frame ([`FRAME_BYTES`]), and each batch is SHA-256-hashed on a second thread while this one
+//! compresses it, so a file costs the longer of the two instead of their sum.
 
 use pgwal::checksum::Sha256;
 
 use crate::storage::{BlobStore, BlobUpload, PutOutcome, StorageError};
-use crate::wal::object_format::{Compressor, Trailer};
+use crate::wal::object_format::{Compressor, Trailer, FRAME_BYTES};
 
 /// Compressed bytes kept in memory before a file spills into an `incoming/` object.
 pub const SPILL_BYTES: usize = 4 << 20;
@@ -38,6 +42,9 @@ pub struct ContentWriter {
     hasher: Sha256,
     compressor: Compressor,
     size: u64,
+    /// Bytes not yet hashed nor compressed, less than one batch.
+    batch: Vec<u8>,
+    /// Compressed bytes not yet stored.
     buf: Vec<u8>,
     spill: Option<Box<dyn BlobUpload>>,
     spill_key: String,
@@ -62,6 +69,7 @@ impl ContentWriter {
             compressor: Compressor::new(level)
                 .map_err(|e| StorageError::Io(format!("cannot start compression: {e}")))?,
             size: 0,
+            batch: Vec::new(),
             buf: Vec::new(),
             spill: None,
             spill_key,
@@ -69,12 +77,67 @@ impl ContentWriter {
         })
     }
 
-    pub async fn write(&mut self, blobs: &dyn BlobStore, data: &[u8]) -> Result<(), StorageError> {
+    pub async fn write(
+        &mut self,
+        blobs: &dyn BlobStore,
+        mut data: &[u8],
+    ) -> Result<(), StorageError> {
         self.size += data.len() as u64;
-        self.hasher.update(data);
-        self.compressor
-            .write(data, &mut self.buf)
-            .map_err(|e| StorageError::Io(format!("compression failed: {e}")))?;
+        while !data.is_empty() {
+            if self.batch.is_empty() && data.len() >= FRAME_BYTES {
+                // A whole batch in the caller's buffer: no copy.
+                let (whole, rest) = data.split_at(FRAME_BYTES);
+                self.digest(whole)?;
+                data = rest;
+                continue;
+            }
+            let take = (FRAME_BYTES - self.batch.len()).min(data.len());
+            self.batch.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.batch.len() == FRAME_BYTES {
+                self.digest_batch()?;
+            }
+        }
+        self.spill_if_full(blobs).await
+    }
+
+    /// Hashes and compresses the gathered batch.
+    fn digest_batch(&mut self) -> Result<(), StorageError> {
+        let batch = std::mem::take(&mut self.batch);
+        let result = self.digest(&batch);
+        self.batch = batch;
+        self.batch.clear();
+        result
+    }
+
+    /// Hashes and compresses `data`; a whole batch on two threads, the SHA-256 beside the zstd
+    /// (on one, if no thread can be started).
+    fn digest(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let (compressor, buf) = (&mut self.compressor, &mut self.buf);
+        let (hashed, compressed) = if data.len() >= FRAME_BYTES {
+            let mut side = self.hasher.clone();
+            std::thread::scope(|s| {
+                let thread = std::thread::Builder::new()
+                    .name("backup-sha256".into())
+                    .spawn_scoped(s, move || {
+                        side.update(data);
+                        side
+                    });
+                let compressed = compressor.write(data, buf);
+                (thread.ok().and_then(|t| t.join().ok()), compressed)
+            })
+        } else {
+            (None, compressor.write(data, buf))
+        };
+        match hashed {
+            Some(h) => self.hasher = h,
+            None => self.hasher.update(data),
+        }
+        compressed.map_err(|e| StorageError::Io(format!("compression failed: {e}")))
+    }
+
+    /// Stores the compressed bytes once they reach [`SPILL_BYTES`].
+    async fn spill_if_full(&mut self, blobs: &dyn BlobStore) -> Result<(), StorageError> {
         if self.buf.len() >= SPILL_BYTES {
             if self.spill.is_none() {
                 self.spill = Some(blobs.begin_put(&self.spill_key).await?);
@@ -90,6 +153,7 @@ impl ContentWriter {
 
     /// Ends compression and appends the checksum trailer.
     pub fn finish(mut self) -> Result<Finished, StorageError> {
+        self.digest_batch()?;
         self.compressor
             .finish(&mut self.buf)
             .map_err(|e| StorageError::Io(format!("compression failed: {e}")))?;
@@ -165,9 +229,14 @@ mod tests {
     use super::*;
     use crate::storage::ObjectStoreBlobs;
 
-    async fn stored(blobs: &dyn BlobStore, data: &[u8], spill: &str) -> (Finished, String) {
+    async fn stored(
+        blobs: &dyn BlobStore,
+        data: &[u8],
+        chunk: usize,
+        spill: &str,
+    ) -> (Finished, String) {
         let mut w = ContentWriter::new(1, spill.to_string()).expect("writer");
-        for chunk in data.chunks(100_000) {
+        for chunk in data.chunks(chunk) {
             w.write(blobs, chunk).await.expect("write");
         }
         let f = w.finish().expect("finish");
@@ -194,11 +263,18 @@ mod tests {
                 x as u8
             })
             .collect();
-        for (data, spills) in [(&b"15\n"[..], false), (&big[..], true)] {
-            let (f, key) = stored(&blobs, data, "backups/main/incoming/t-1").await;
+        // Written in pieces smaller than a batch (gathered), and larger (hashed in place).
+        let cases = [
+            (&b"15\n"[..], 100_000, false),
+            (&big[..], 100_000, true),
+            (&big[1..], FRAME_BYTES + 4097, true),
+        ];
+        for (data, chunk, spills) in cases {
+            let (f, key) = stored(&blobs, data, chunk, "backups/main/incoming/t-1").await;
             assert_eq!(f.spill.is_some(), spills);
             assert_eq!(f.size, data.len() as u64);
             let sha = f.sha256.clone();
+            assert_eq!(sha, pgwal::checksum::sha256_hex(data));
             assert_eq!(
                 f.publish(&blobs, &key).await.expect("publish"),
                 PutOutcome::Created
@@ -206,7 +282,7 @@ mod tests {
             let (got, size) = archive.hash_object(&key).await.expect("hash");
             assert_eq!((got, size), (sha, data.len() as u64));
             // The same content again: already there, and no working object is left.
-            let (f, key) = stored(&blobs, data, "backups/main/incoming/t-2").await;
+            let (f, key) = stored(&blobs, data, chunk, "backups/main/incoming/t-2").await;
             assert_eq!(
                 f.publish(&blobs, &key).await.expect("publish"),
                 PutOutcome::AlreadyExists
