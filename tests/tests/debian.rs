@@ -1,7 +1,9 @@
 //! The Debian package, end to end and system-wide: built by `cargo deb` from this workspace,
 //! installed with dpkg, its files checked, its service run the way its systemd unit runs it, a
 //! real segment pushed and fetched back; then removed (the archive, the account and the
-//! configuration stay, and a reinstall serves the same archive) and purged (all of it goes).
+//! configuration stay, and a reinstall serves the same archive) and purged (all of it goes);
+//! then installed once more over an account of that name made beforehand without a group of
+//! its own, which the package keeps and puts in the service's group.
 //!
 //! It installs into /usr/bin, /etc/wal-archive and /var/lib/wal-archive, creates the
 //! `wal-archive` system account and its service listens on the configured 127.0.0.1:8420: the
@@ -95,10 +97,26 @@ fn traces() -> Result<Vec<String>> {
     Ok(found)
 }
 
-/// Purges the package if dpkg knows it; then nothing of it may be left.
+/// Purges the package if dpkg knows it; then nothing of it may be left. An account this test
+/// made before installing (the state directory holds the marker) goes too.
 fn purge() -> Result<()> {
     if package_status()?.is_some_and(|s| s != "un") {
         dpkg(&["--purge", PACKAGE])?;
+    }
+    if Path::new(MARKER).exists() {
+        if getent("passwd", ACCOUNT)?.is_some() {
+            run_ok(
+                Command::new("deluser").args(["--system", "--quiet", ACCOUNT]),
+                DPKG_DEADLINE,
+            )?;
+        }
+        if getent("group", ACCOUNT)?.is_some() {
+            run_ok(
+                Command::new("delgroup").args(["--system", "--quiet", ACCOUNT]),
+                DPKG_DEADLINE,
+            )?;
+        }
+        std::fs::remove_dir_all(STATE_DIR)?;
     }
     let left = traces()?;
     ensure!(
@@ -708,5 +726,58 @@ fn the_package_installs_serves_keeps_and_purges() -> Result<()> {
         std::fs::symlink_metadata(ENABLED_LINK).is_err(),
         "{ENABLED_LINK} is left after dpkg --purge"
     );
+
+    // An account of that name made beforehand, in no group of that name (`adduser --system`
+    // alone puts it in nogroup): kept, and put in the group the unit runs the service as.
+    std::fs::create_dir(STATE_DIR)?;
+    std::fs::write(MARKER, "")?;
+    installed.purged = false;
+    run_ok(
+        Command::new("adduser").args([
+            "--system",
+            "--no-create-home",
+            "--home",
+            STATE_DIR,
+            "--shell",
+            "/usr/sbin/nologin",
+            "--quiet",
+            ACCOUNT,
+        ]),
+        DPKG_DEADLINE,
+    )?;
+    let before = getent("passwd", ACCOUNT)?.context("adduser made no account")?;
+    ensure!(
+        getent("group", ACCOUNT)?.is_none(),
+        "adduser --system made a group {ACCOUNT}"
+    );
+    install(&deb_arg)?;
+    ensure!(
+        getent("passwd", ACCOUNT)?.as_deref() == Some(before.as_str()),
+        "the account made beforehand was changed"
+    );
+    let group = getent("group", ACCOUNT)?.with_context(|| format!("no group {ACCOUNT}"))?;
+    let gid: u32 = group.split(':').nth(2).context("group entry")?.parse()?;
+    ensure!(
+        group
+            .split(':')
+            .nth(3)
+            .is_some_and(|m| m.split(',').any(|u| u == ACCOUNT)),
+        "{ACCOUNT} is not a member of its group: {group}"
+    );
+    let uid: u32 = before.split(':').nth(2).context("passwd entry")?.parse()?;
+    let (_, owner, group_owner) = mode_and_owner(STATE_DIR)?;
+    ensure!(
+        (owner, group_owner) == (uid, gid),
+        "{STATE_DIR} belongs to {owner}:{group_owner}, not {uid}:{gid}"
+    );
+    let (_, _, config_group) = mode_and_owner("/etc/wal-archive/server.toml")?;
+    ensure!(
+        config_group == gid,
+        "server.toml's group is {config_group}, not {ACCOUNT} ({gid})"
+    );
+    dpkg(&["--purge", PACKAGE])?;
+    installed.purged = true;
+    let left = traces()?;
+    ensure!(left.is_empty(), "left after the second purge: {left:?}");
     Ok(())
 }
