@@ -8,8 +8,9 @@
 # One PostgreSQL 15 primary (pgbench data plus a poorly compressible table) archives its WAL to
 # wal-archive-server, which takes the backups itself over the replication protocol. Each round:
 # pg_basebackup -Ft -X none (plain tar, no compression: the floor of reading the database), then
-# wal-archive backup --wait (the first round stores everything; later rounds of the unchanged
-# database only re-read, hash and reference: deduplication), then restore of the newest backup
+# wal-archive backup --wait twice: a first backup (the round's previous backups were deleted,
+# and with them every stored file: it stores everything), then a repeat of the unchanged
+# database (it only re-reads, hashes and references: deduplication), then restore of the newest backup
 # against `tar -xf` of pg_basebackup's base.tar (with and without a final sync: restore fsyncs),
 # and `restore --delta` after about 5% of the database changed against a full restore of the
 # same backup. Medians over the rounds and ratios.
@@ -61,6 +62,8 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/pg" -w -l "$WORK/logs/pg.log" start >/dev/null
 cat > "$WORK/server.toml" <<CONF
 [clusters.bench]
 conninfo = "host=$WORK/sock port=$PORT user=postgres"
+# Each round deletes its backups, so that its first backup stores everything again.
+minimum_redundancy = 0
 CONF
 "$WORK/bin/wal-archive-server" --config "$WORK/server.toml" --data-dir "$WORK/server" \
   --listen "127.0.0.1:$SRV_PORT" >"$WORK/server.log" 2>&1 &
@@ -77,7 +80,8 @@ psql_t "checkpoint" >/dev/null
 DB_BYTES=$(psql_t "select sum(pg_database_size(oid)) from pg_database")
 echo "bench: databases hold $((DB_BYTES >> 20)) MiB" >&2
 
-PGB=(); BK=(); RS=(); TX=(); TXS=(); STORED_FIRST=""; TAR_BYTES=0
+PGB=(); BK1=(); BK=(); RS=(); TX=(); TXS=(); STORED_FIRST=""; TAR_BYTES=0
+stored() { $W show --cluster bench latest --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"])'; }
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$WORK/out/pgb"
   t=$(now)
@@ -85,13 +89,19 @@ for r in $(seq 1 "$ROUNDS"); do
   PGB+=("$(since "$t")")
   TAR_BYTES=$(du -sb "$WORK/out/pgb" | cut -f1)
 
+  # The previous round's backups go, and with them every file they stored.
+  for id in $($W list --cluster bench --json | python3 -c 'import json,sys; print(" ".join(b["id"] for b in json.load(sys.stdin)))'); do
+    $W delete --cluster bench "$id" >/dev/null
+  done
+  t=$(now)
+  $W backup --cluster bench --wait >/dev/null
+  BK1+=("$(since "$t")")
+  STORED_FIRST=$(stored)
   t=$(now)
   $W backup --cluster bench --wait >/dev/null
   BK+=("$(since "$t")")
-  info=$($W show --cluster bench latest --json)
-  [ -z "$STORED_FIRST" ] && STORED_FIRST=$(echo "$info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"])')
-  STORED_LAST=$(echo "$info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"])')
-  SIZE=$(echo "$info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["size_bytes"])')
+  STORED_LAST=$(stored)
+  SIZE=$($W show --cluster bench latest --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["size_bytes"])')
 
   rm -rf "$WORK/out/restore" "$WORK/out/untar"
   t=$(now)
@@ -107,7 +117,7 @@ for r in $(seq 1 "$ROUNDS"); do
   t=$(now)
   as_pg tar -xf "$WORK/out/pgb/base.tar" -C "$WORK/out/untar" && sync
   TXS+=("$(since "$t")")
-  echo "bench: round $r: pg_basebackup ${PGB[-1]} s, backup ${BK[-1]} s, restore ${RS[-1]} s, tar -x ${TX[-1]} s, tar -x + sync ${TXS[-1]} s" >&2
+  echo "bench: round $r: pg_basebackup ${PGB[-1]} s, first backup ${BK1[-1]} s, repeat backup ${BK[-1]} s, restore ${RS[-1]} s, tar -x ${TX[-1]} s, tar -x + sync ${TXS[-1]} s" >&2
 done
 
 # Delta restore: about 5% of the database's bytes new or rewritten (a new table, updates of
@@ -141,14 +151,14 @@ done
 
 mb() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.1f", b / 1e6 / s}'; }
 m_pgb=$(printf '%s\n' "${PGB[@]}" | median)
-m_bk1=${BK[0]}
-m_bkn=$(printf '%s\n' "${BK[@]:1}" | median)
+m_bk1=$(printf '%s\n' "${BK1[@]}" | median)
+m_bkn=$(printf '%s\n' "${BK[@]}" | median)
 m_rs=$(printf '%s\n' "${RS[@]}" | median)
 m_tx=$(printf '%s\n' "${TX[@]}" | median)
 printf '\n%-34s %9s %9s %9s\n' "" "seconds" "MB/s" "vs base"
 printf '%-34s %9.2f %9s %9s\n' "pg_basebackup -Ft -X none" "$m_pgb" "$(mb "$SIZE" "$m_pgb")" "1.00x"
 printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive backup (first)" "$m_bk1" "$(mb "$SIZE" "$m_bk1")" "$(awk -v a="$m_bk1" -v b="$m_pgb" 'BEGIN{print a/b}')"
-[ "$ROUNDS" -gt 1 ] && printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive backup (unchanged db)" "$m_bkn" "$(mb "$SIZE" "$m_bkn")" "$(awk -v a="$m_bkn" -v b="$m_pgb" 'BEGIN{print a/b}')"
+printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive backup (unchanged db)" "$m_bkn" "$(mb "$SIZE" "$m_bkn")" "$(awk -v a="$m_bkn" -v b="$m_pgb" 'BEGIN{print a/b}')"
 printf '%-34s %9.2f %9s %9s\n' "tar -xf base.tar" "$m_tx" "$(mb "$SIZE" "$m_tx")" "1.00x"
 printf '%-34s %9.2f %9s %8.2fx\n' "wal-archive restore --jobs 4" "$m_rs" "$(mb "$SIZE" "$m_rs")" "$(awk -v a="$m_rs" -v b="$m_tx" 'BEGIN{print a/b}')"
 m_txs=$(printf '%s\n' "${TXS[@]}" | median)
@@ -162,4 +172,4 @@ echo "delta restore is $(awk -v a="$m_fs" -v b="$m_ds" 'BEGIN{printf "%.1f", a/b
 echo
 echo "database files in the backup: $((SIZE >> 20)) MiB; pg_basebackup tar: $((TAR_BYTES >> 20)) MiB"
 echo "first backup stored $((STORED_FIRST >> 20)) MiB ($(awk -v a="$STORED_FIRST" -v b="$SIZE" 'BEGIN{printf "%.1f", 100*a/b}')% of the database); a repeat backup of the unchanged database stored $((STORED_LAST >> 10)) KiB"
-echo "per-round seconds: pg_basebackup [${PGB[*]}] backup [${BK[*]}] restore [${RS[*]}] tar -x [${TX[*]}] tar -x + sync [${TXS[*]}] full [${FS[*]}] delta [${DS[*]}]"
+echo "per-round seconds: pg_basebackup [${PGB[*]}] first backup [${BK1[*]}] repeat backup [${BK[*]}] restore [${RS[*]}] tar -x [${TX[*]}] tar -x + sync [${TXS[*]}] full [${FS[*]}] delta [${DS[*]}]"
