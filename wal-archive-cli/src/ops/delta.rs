@@ -259,14 +259,26 @@ pub fn remove_extraneous(
     Ok(removed)
 }
 
-/// For each file, whether the one already at its path has the backup's size and SHA-256; such
-/// a file gets the backup's mode and time and is fsynced. Hashes with `jobs` threads.
-pub fn unchanged(files: &[(&BackupFile, PathBuf)], jobs: usize, quiet: bool) -> Result<Vec<bool>> {
-    let candidates: u64 = files
-        .iter()
-        .filter(|(f, p)| same_size(p, f.size))
-        .map(|(f, _)| f.size)
-        .sum();
+/// The files worth comparing: those already at their path with the backup's size. The others
+/// are written whatever their content.
+pub fn comparable(files: &[(&BackupFile, PathBuf)]) -> Vec<bool> {
+    files.iter().map(|(f, p)| same_size(p, f.size)).collect()
+}
+
+/// For each file marked in `compare`, whether the one already at its path has the backup's
+/// size and SHA-256; such a file gets the backup's mode and time and is fsynced. Hashes with
+/// `jobs` threads, largest files first: one file is hashed by one thread, so the largest (a
+/// 1 GiB relation segment) is the longest single task, and starting it first keeps it from
+/// running alone at the end.
+pub fn unchanged(
+    files: &[(&BackupFile, PathBuf)],
+    compare: &[bool],
+    jobs: usize,
+    quiet: bool,
+) -> Result<Vec<bool>> {
+    let mut order: Vec<usize> = (0..files.len()).filter(|i| compare[*i]).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(files[*i].0.size));
+    let candidates: u64 = order.iter().map(|i| files[*i].0.size).sum();
     let bar = bytes_bar(Some(candidates), quiet);
     bar.set_message("delta: comparing");
     let next = AtomicUsize::new(0);
@@ -278,13 +290,10 @@ pub fn unchanged(files: &[(&BackupFile, PathBuf)], jobs: usize, quiet: bool) -> 
                 if first_error.lock().is_ok_and(|e| e.is_some()) {
                     return;
                 }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((file, path)) = files.get(i) else {
+                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return;
                 };
-                if !same_size(path, file.size) {
-                    continue;
-                }
+                let (file, path) = &files[i];
                 match keep_if_same(file, path) {
                     Ok(same) => {
                         if same {

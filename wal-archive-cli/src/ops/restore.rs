@@ -203,14 +203,28 @@ fn restore_delta(
         );
         let removed = delta::remove_extraneous(&roots, target, &expected)?;
         plan.make_dirs(true)?;
-        let kept = delta::unchanged(&plan.files, args.jobs.into(), json)?;
         // pg_control last: until it is back, PostgreSQL cannot start on a half-done directory.
         let control = target.join("global/pg_control");
-        let (last, rest): (Vec<usize>, Vec<usize>) = (0..plan.files.len())
-            .filter(|i| !kept[*i])
-            .partition(|i| plan.files[*i].1 == control);
-        let mut written =
-            plan.download(client, &args.cluster, window, args.jobs.into(), json, &rest)?;
+        let compare = delta::comparable(&plan.files);
+        let (last, rest): (Vec<usize>, Vec<usize>) =
+            (0..plan.files.len()).partition(|i| plan.files[*i].1 == control);
+        // Files missing or of another size are downloaded while the others are compared
+        // (without a progress bar of their own: the comparison shows one).
+        let (early, maybe): (Vec<usize>, Vec<usize>) = rest.into_iter().partition(|i| !compare[*i]);
+        let jobs = args.jobs.into();
+        let (kept, early_written) = std::thread::scope(|s| {
+            let early_download =
+                s.spawn(|| plan.download(client, &args.cluster, window, jobs, true, &early));
+            let kept = delta::unchanged(&plan.files, &compare, jobs, json);
+            let written = early_download
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a download thread panicked")));
+            (kept, written)
+        });
+        let kept = kept?;
+        let changed: Vec<usize> = maybe.into_iter().filter(|i| !kept[*i]).collect();
+        let mut written = early_written?;
+        written += plan.download(client, &args.cluster, window, jobs, json, &changed)?;
         written += plan.download(client, &args.cluster, window, 1, json, &last)?;
         let manifest_out = plan.write_tablespace_map(tablespaces, manifest_bytes)?;
         plan.apply_dir_modes()?;
@@ -229,7 +243,7 @@ fn restore_delta(
                 .filter(|(_, k)| **k)
                 .map(|((f, _), _)| f.size)
                 .sum(),
-            written_files: rest.len() + last.len(),
+            written_files: early.len() + changed.len() + last.len(),
             written_bytes: written,
             removed,
         };
