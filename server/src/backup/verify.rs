@@ -16,6 +16,7 @@ use pgwal::SegmentSize;
 use super::catalog::{self, BackupRow};
 use super::engine::wal_range;
 use super::BackupError;
+use crate::catalog::ranges::Run;
 use crate::wal::archive::{Archive, ArchiveError, ContentSums};
 use crate::wal::object_format::Decompressor;
 
@@ -328,59 +329,90 @@ async fn check_wal(
             .push(format!("cannot compute the WAL range {first} .. {last}"));
         return Ok(());
     };
-    let rows = archive.catalog.list_wal(&info.cluster).await?;
-    let ok: HashSet<&str> = rows
-        .iter()
-        .filter(|r| r.state == "ok")
-        .map(|r| r.name.as_str())
-        .collect();
+    // The stored runs of consecutive segments: bounded by the archive's gaps, not its size.
+    let runs = archive.catalog.wal_summary(&info.cluster).await?.runs;
     for name in wal_range(&first, &last, size).unwrap_or_default() {
-        if !ok.contains(name.as_str()) {
+        let stored = name
+            .parse::<WalFileName>()
+            .ok()
+            .and_then(|n| Some((n.timeline(), n.segno(size)?)))
+            .is_some_and(|(tli, segno)| stored(&runs, tli, segno));
+        if !stored {
             report.problems.push(format!(
                 "WAL segment {name} (needed from {first} to {last}) is not in the archive"
             ));
         }
     }
     // After the end: up to the newest archived segment of the end's timeline.
-    let tli = last.timeline();
     let Some(end) = last.segno(size) else {
         return Ok(());
     };
-    let present: HashSet<u64> = rows
-        .iter()
-        .filter(|r| r.state == "ok" && r.kind == "segment")
-        .filter_map(|r| r.name.parse::<WalFileName>().ok())
-        .filter(|n| n.timeline() == tli)
-        .filter_map(|n| n.segno(size))
-        .filter(|n| *n > end)
-        .collect();
-    let Some(newest) = present.iter().max().copied() else {
-        return Ok(());
-    };
-    let mut n = end + 1;
-    while n < newest {
-        if present.contains(&n) {
-            n += 1;
-            continue;
-        }
-        let gap_start = n;
-        while n < newest && !present.contains(&n) {
-            n += 1;
-        }
-        let a = WalFileName::segment(tli, gap_start, size);
-        let b = WalFileName::segment(tli, n - 1, size);
-        report.wal_gaps_after.push(if gap_start == n - 1 {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        });
-    }
+    report.wal_gaps_after = gaps_after(&runs, last.timeline(), end, size);
     Ok(())
+}
+
+/// Whether segment `segno` of timeline `tli` is in one of the stored `runs`.
+fn stored(runs: &[Run], tli: u32, segno: u64) -> bool {
+    runs.iter()
+        .any(|r| r.timeline == tli && r.first <= segno && segno <= r.last)
+}
+
+/// The missing stretches of timeline `tli` between segment `end` and the newest stored one
+/// (`A` or `A-B`, as WAL file names).
+fn gaps_after(runs: &[Run], tli: u32, end: u64, size: SegmentSize) -> Vec<String> {
+    let mut after: Vec<(u64, u64)> = runs
+        .iter()
+        .filter(|r| r.timeline == tli && r.last > end)
+        .map(|r| (r.first.max(end + 1), r.last))
+        .collect();
+    after.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut next = end + 1;
+    for (first, last) in after {
+        if first > next {
+            let a = WalFileName::segment(tli, next, size);
+            let b = WalFileName::segment(tli, first - 1, size);
+            gaps.push(if next == first - 1 {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            });
+        }
+        next = next.max(last + 1);
+    }
+    gaps
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_gaps_after_the_end_come_from_the_runs() {
+        let size = SegmentSize::new(16 << 20).expect("size");
+        let run = |timeline, first, last| Run {
+            timeline,
+            first,
+            last,
+        };
+        let runs = [run(1, 1, 10), run(1, 12, 12), run(1, 16, 20), run(2, 5, 30)];
+        assert!(stored(&runs, 1, 10) && stored(&runs, 1, 12) && stored(&runs, 2, 30));
+        assert!(!stored(&runs, 1, 11) && !stored(&runs, 2, 4) && !stored(&runs, 3, 5));
+        assert_eq!(
+            gaps_after(&runs, 1, 8, size),
+            vec![
+                "00000001000000000000000B".to_string(),
+                "00000001000000000000000D-00000001000000000000000F".to_string()
+            ]
+        );
+        // A gap right after the end, none past the newest, none on a complete timeline.
+        assert_eq!(
+            gaps_after(&runs, 1, 13, size),
+            vec!["00000001000000000000000E-00000001000000000000000F".to_string()]
+        );
+        assert!(gaps_after(&runs, 1, 20, size).is_empty());
+        assert!(gaps_after(&runs, 2, 6, size).is_empty());
+    }
 
     #[test]
     fn manifest_lines() {

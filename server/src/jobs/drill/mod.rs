@@ -381,8 +381,9 @@ pub async fn plan(app: &AppState, cluster: &str, req: &DrillRequest) -> Result<P
     .map_err(|e| DrillError::Setup(format!("drill preparation task: {e}")))?
     .map_err(DrillError::Setup)?;
 
-    // The newest segment (the end of the archive for this drill) and the WAL to replay.
-    let wal = archive.catalog.list_wal(cluster).await?;
+    // The newest segment (the end of the archive for this drill) and the WAL to replay, from
+    // the stored runs of consecutive segments: bounded by the archive's gaps, not its size.
+    let runs = archive.catalog.wal_summary(cluster).await?.runs;
     let begin_segno = backup
         .info
         .begin_lsn
@@ -390,27 +391,17 @@ pub async fn plan(app: &AppState, cluster: &str, req: &DrillRequest) -> Result<P
         .and_then(|l| l.parse::<Lsn>().ok())
         .map(|l| segment_size.segno_of(l))
         .unwrap_or(0);
-    let mut newest: Option<(u32, u64, WalFileName)> = None;
-    let mut wal_bytes = 0u64;
-    for r in wal
+    let wal_bytes = runs
         .iter()
-        .filter(|r| r.state == "ok" && r.kind == "segment")
-    {
-        let Ok(name) = r.name.parse::<WalFileName>() else {
-            continue;
-        };
-        let Some(segno) = name.segno(segment_size) else {
-            continue;
-        };
-        if segno >= begin_segno {
-            wal_bytes += r.size;
-        }
-        let key = (name.timeline(), segno);
-        if newest.as_ref().is_none_or(|(t, s, _)| key > (*t, *s)) {
-            newest = Some((key.0, key.1, name));
-        }
-    }
-    let Some((_, _, newest)) = newest else {
+        .filter(|r| r.last >= begin_segno)
+        .map(|r| r.last - r.first.max(begin_segno) + 1)
+        .sum::<u64>()
+        * segment_size.bytes();
+    let Some(newest) = runs
+        .iter()
+        .max_by_key(|r| (r.timeline, r.last))
+        .map(|r| WalFileName::segment(r.timeline, r.last, segment_size))
+    else {
         return Err(DrillError::Setup(format!(
             "cluster {cluster:?} has no archived WAL segment to replay"
         )));
