@@ -5,7 +5,8 @@
 //!
 //! - `a_drill_replays_the_archive_and_records_what_it_did`: a passing drill of the latest
 //!   backup: its record (the backup, the WAL range and files applied, the timings, the sanity
-//!   query), `list`/`show` (last drill per backup), `check`, `/metrics`, the status page and its
+//!   query), `list`/`show` (last drill per backup), `check`, `/metrics` (where the drill's WAL
+//!   reads do not count as fetches), the status page and its
 //!   JSON; the scratch directory
 //!   is gone and no PostgreSQL of it runs; a second drill beside a running one is refused; a
 //!   drill to a recovery target stops there.
@@ -249,6 +250,15 @@ fn a_drill_replays_the_archive_and_records_what_it_did() -> Result<()> {
     ] {
         ensure!(metrics.contains(wanted), "/metrics lacks {wanted}");
     }
+    // The drill's own reads are not production fetches: nothing else fetched here.
+    let fetches: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("wal_archive_fetch_total{"))
+        .collect();
+    ensure!(
+        fetches.is_empty(),
+        "the drill's WAL reads count as fetches in /metrics: {fetches:?}"
+    );
     // The status page's JSON and the page itself show the backup's last drill.
     let status = rig.server.api().get("/v1/clusters/main/status", None)?;
     ensure!(status.status == 200, "status: {}", status.short());

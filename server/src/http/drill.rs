@@ -165,7 +165,7 @@ impl WalEndpoint for DrillWal {
                     }
                 },
             ));
-        let app = super::with_state(routes, app, auth);
+        let app = super::with_state(routes, app, auth, false);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let result = axum::serve(listener, app)

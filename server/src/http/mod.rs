@@ -43,6 +43,9 @@ pub struct HttpState {
     pub app: Arc<AppState>,
     pub auth: auth::Authorizer,
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Whether fetches count in `/metrics`: not on a drill's endpoint, whose reads are the
+    /// drill's own (its report counts them), not production recovery.
+    pub count_fetches: bool,
 }
 
 impl std::ops::Deref for HttpState {
@@ -62,7 +65,7 @@ pub fn router(app: Arc<AppState>, auth: auth::Authorizer) -> Router {
         .merge(ops::routes())
         .merge(status::routes())
         .merge(drill::routes());
-    with_state(routes, app, auth)
+    with_state(routes, app, auth, true)
 }
 
 /// `routes` with their state, and the instance header on every answer.
@@ -70,6 +73,7 @@ fn with_state(
     routes: Router<Arc<HttpState>>,
     app: Arc<AppState>,
     auth: auth::Authorizer,
+    count_fetches: bool,
 ) -> Router {
     let instance = axum::http::HeaderValue::from_str(&app.archive.instance)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid"));
@@ -81,6 +85,7 @@ fn with_state(
             )),
             app,
             auth,
+            count_fetches,
         }))
         // Every answer names the archive instance that gave it (see `INSTANCE_HEADER`).
         .layer(axum::middleware::map_response(move |mut r: Response| {

@@ -283,7 +283,9 @@ pub(super) async fn get_wal(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            crate::metrics::record_fetch(&cluster, "served", size, started.elapsed());
+            if state.count_fetches {
+                crate::metrics::record_fetch(&cluster, "served", size, started.elapsed());
+            }
         }
         Err(e) => {
             let outcome = if e.status == StatusCode::NOT_FOUND {
@@ -291,7 +293,9 @@ pub(super) async fn get_wal(
             } else {
                 e.kind
             };
-            crate::metrics::record_fetch(&cluster, outcome, 0, started.elapsed());
+            if state.count_fetches {
+                crate::metrics::record_fetch(&cluster, outcome, 0, started.elapsed());
+            }
             log_failure(&cluster, &name, "get", e);
         }
     }
