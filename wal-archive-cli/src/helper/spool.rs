@@ -39,7 +39,9 @@
 //!   segment on a 2-core VM, 4% of the replay time of a segment). The file is then renamed
 //!   to PostgreSQL's destination when the spool is on the same file system, or else copied,
 //!   hashing while copying, into a temp file beside the destination that is renamed only if
-//!   the XXH3-128 matches too. A file that fails either check is deleted with its sidecar,
+//!   the XXH3-128 matches too. On a file system that keeps whole seconds only (a change time
+//!   without nanoseconds), a change within the stamp's second would not show: there the file
+//!   is read and XXH3-checked before the rename, as it used to be everywhere. A file that fails either check is deleted with its sidecar,
 //!   never handed over, and the call downloads the name normally.
 //! - **Only what the archive had.** Files come from plain `GET`s answered 200 (never the
 //!   zero-filled `?partial=true` form); 404s are never remembered past a few seconds.
@@ -103,6 +105,13 @@ impl Stamp {
             ino: meta.ino(),
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
+    }
+
+    /// Whether the change time has a fraction of a second. A file system that keeps whole
+    /// seconds only (ext4 with 128-byte inodes, some network file systems) always gives 0; on
+    /// one that keeps nanoseconds, 0 is one chance in a billion, and then costs one re-read.
+    pub fn fine_grained(&self) -> bool {
+        self.ctime.1 != 0
     }
 }
 
@@ -407,6 +416,14 @@ impl Spool {
                 sidecar.stamp.ctime.1
             ));
         }
+        if method == Method::Rename && !sidecar.stamp.fine_grained() {
+            // A file system that keeps whole seconds only: a change within the second of the
+            // stamp would not show, so the bytes are read and checked.
+            let file = File::open(&data).map_err(|e| format!("cannot be read ({e})"))?;
+            let got = copy_hashing(file, &mut io::sink(), false, true)
+                .map_err(|e| format!("cannot be read ({e})"))?;
+            check(sidecar, got.size, got.xxh3.as_deref())?;
+        }
         if method == Method::Rename {
             // Unchanged since it was verified and fsynced: what was checked is what moves.
             let _ = fs::remove_file(self.sidecar(name));
@@ -655,6 +672,12 @@ mod tests {
             },
         };
         assert!(s.to_line().ends_with(" 1234 1767225599.000000007\n"));
+        assert!(s.stamp.fine_grained());
+        let whole_seconds = Stamp {
+            ino: 1234,
+            ctime: (1_767_225_599, 0),
+        };
+        assert!(!whole_seconds.fine_grained());
         assert_eq!(Sidecar::parse(&s.to_line()), Some(s.clone()));
         // The form without a stamp (spooled by an older version): not trusted.
         assert_eq!(
