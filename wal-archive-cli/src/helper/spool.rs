@@ -32,17 +32,19 @@
 //!   the sidecar last, with the file's inode number and change time ([`Stamp`]): a file
 //!   without a sidecar is never handed over.
 //! - **Unchanged since.** At hand-over the file's inode, size and change time must still be
-//!   the sidecar's. Every write, truncation, replacement or chmod of the file moves its change
-//!   time (which no process can set back), and the bytes were fsynced before the stamp was
-//!   taken, so a crash cannot tear them either: a matching stamp means the bytes are the
-//!   verified ones, without reading 16 MiB again on PostgreSQL's critical path (about 7 ms a
-//!   segment on a 2-core VM, 4% of the replay time of a segment). The file is then renamed
-//!   to PostgreSQL's destination when the spool is on the same file system, or else copied,
-//!   hashing while copying, into a temp file beside the destination that is renamed only if
-//!   the XXH3-128 matches too. On a file system that keeps whole seconds only (a change time
-//!   without nanoseconds), a change within the stamp's second would not show: there the file
-//!   is read and XXH3-checked before the rename, as it used to be everywhere. A file that fails either check is deleted with its sidecar,
-//!   never handed over, and the call downloads the name normally.
+//!   the sidecar's. Every write, truncation, replacement or chmod of the file sets its change
+//!   time to the kernel's clock for file times (which no process can set back, and which
+//!   advances once per clock tick: only a change within the tick of the worker's own rename
+//!   would keep the stamp), and the bytes were fsynced before the stamp was taken, so a crash
+//!   cannot tear them either: a matching stamp means the bytes are the verified ones, without
+//!   reading 16 MiB again on PostgreSQL's critical path (about 7 ms a segment on a 2-core VM,
+//!   4% of the replay time of a segment). The file is then renamed to PostgreSQL's
+//!   destination when the spool is on the same file system, or else copied, hashing while
+//!   copying, into a temp file beside the destination that is renamed only if the XXH3-128
+//!   matches too. On a file system that keeps whole seconds only (a change time without
+//!   nanoseconds), a change within the stamp's second would not show: there the file is also
+//!   read and XXH3-checked before the rename. A file that fails either check is deleted with
+//!   its sidecar, never handed over, and the call downloads the name normally.
 //! - **Only what the archive had.** Files come from plain `GET`s answered 200 (never the
 //!   zero-filled `?partial=true` form); 404s are never remembered past a few seconds.
 //! - **Timeline switches.** When PostgreSQL asks for a segment on timeline T, spooled segments

@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -269,12 +269,14 @@ pub fn comparable(files: &[(&BackupFile, PathBuf)]) -> Vec<bool> {
 /// size and SHA-256; such a file gets the backup's mode and time and is fsynced. Hashes with
 /// `jobs` threads, largest files first: one file is hashed by one thread, so the largest (a
 /// 1 GiB relation segment) is the longest single task, and starting it first keeps it from
-/// running alone at the end.
+/// running alone at the end. Once `abandon` is set (the restore failed elsewhere), no further
+/// file is compared and the answer is to be discarded.
 pub fn unchanged(
     files: &[(&BackupFile, PathBuf)],
     compare: &[bool],
     jobs: usize,
     quiet: bool,
+    abandon: &AtomicBool,
 ) -> Result<Vec<bool>> {
     let mut order: Vec<usize> = (0..files.len()).filter(|i| compare[*i]).collect();
     order.sort_by_key(|i| std::cmp::Reverse(files[*i].0.size));
@@ -287,7 +289,8 @@ pub fn unchanged(
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
-                if first_error.lock().is_ok_and(|e| e.is_some()) {
+                if abandon.load(Ordering::Relaxed) || first_error.lock().is_ok_and(|e| e.is_some())
+                {
                     return;
                 }
                 let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -375,6 +378,47 @@ mod tests {
             "7312345678901234567"
         );
         assert!(control_system_identifier(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn same_content_is_kept_and_an_abandoned_comparison_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, content: &[u8], backup: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            let f = BackupFile {
+                tablespace_oid: None,
+                path: name.to_string(),
+                kind: "file".into(),
+                size: backup.len() as u64,
+                sha256: Some(pgwal::checksum::sha256_hex(backup)),
+                mode: 0o600,
+                mtime: 1_767_225_600,
+                link_target: None,
+            };
+            (f, path)
+        };
+        let owned = [
+            file("same", b"12345678", b"12345678"),
+            file("changed", b"12345678", b"87654321"),
+            file("longer", b"123456789", b"12345678"),
+        ];
+        let files: Vec<(&BackupFile, PathBuf)> =
+            owned.iter().map(|(f, p)| (f, p.clone())).collect();
+        let compare = comparable(&files);
+        assert_eq!(compare, vec![true, true, false]);
+        let go_on = AtomicBool::new(false);
+        let kept = unchanged(&files, &compare, 2, true, &go_on).expect("compare");
+        assert_eq!(kept, vec![true, false, false]);
+        // A kept file has the backup's time.
+        let mtime = std::fs::metadata(&files[0].1)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        assert_eq!(mtime, UNIX_EPOCH + Duration::from_secs(1_767_225_600));
+        let stop = AtomicBool::new(true);
+        let kept = unchanged(&files, &compare, 2, true, &stop).expect("abandoned");
+        assert_eq!(kept, vec![false, false, false]);
     }
 
     #[test]

@@ -212,18 +212,26 @@ fn restore_delta(
         // (without a progress bar of their own: the comparison shows one).
         let (early, maybe): (Vec<usize>, Vec<usize>) = rest.into_iter().partition(|i| !compare[*i]);
         let jobs = args.jobs.into();
+        // A failed download ends the comparison too: its error is reported at once, not after
+        // hashing the rest of the data directory.
+        let abandon = AtomicBool::new(false);
         let (kept, early_written) = std::thread::scope(|s| {
-            let early_download =
-                s.spawn(|| plan.download(client, &args.cluster, window, jobs, true, &early));
-            let kept = delta::unchanged(&plan.files, &compare, jobs, json);
+            let early_download = s.spawn(|| {
+                let written = plan.download(client, &args.cluster, window, jobs, true, &early);
+                if written.is_err() {
+                    abandon.store(true, Ordering::Relaxed);
+                }
+                written
+            });
+            let kept = delta::unchanged(&plan.files, &compare, jobs, json, &abandon);
             let written = early_download
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("a download thread panicked")));
             (kept, written)
         });
+        let mut written = early_written?;
         let kept = kept?;
         let changed: Vec<usize> = maybe.into_iter().filter(|i| !kept[*i]).collect();
-        let mut written = early_written?;
         written += plan.download(client, &args.cluster, window, jobs, json, &changed)?;
         written += plan.download(client, &args.cluster, window, 1, json, &last)?;
         let manifest_out = plan.write_tablespace_map(tablespaces, manifest_bytes)?;
